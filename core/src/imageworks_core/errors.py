@@ -1,0 +1,213 @@
+"""The ImageWorks error tree.
+
+    ImageWorksError
+    ├── ConfigError                 bad file / key / value (file and key named)
+    ├── PluginError                 a plugin failed to load or broke its contract
+    ├── BackendError                anything a backend said or failed to say
+    │   ├── BackendUnavailable      refused / DNS / not ready          (retryable)
+    │   ├── BackendTimeout          connect / read / stream-idle       (retryable)
+    │   ├── BackendOverloaded       429 / 503, carries retry_after     (retryable)
+    │   ├── BackendRejected         4xx: bad request, unknown model, too many images
+    │   └── BackendProtocolError    malformed body / stream, in-band stream error
+    └── InputError                  unreadable / unsupported / oversized image
+
+Every message says what happened, where, and what to do next.  ``hint`` holds
+the "what to do next" part separately so a CLI can print it on its own line.
+No secret ever reaches a message: callers pass URLs through ``redact_url``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "BackendError",
+    "BackendOverloaded",
+    "BackendProtocolError",
+    "BackendRejected",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "ConfigError",
+    "ImageWorksError",
+    "InputError",
+    "PluginError",
+    "redact_url",
+]
+
+
+def redact_url(url: str) -> str:
+    """Drop user-info (``user:password@``) and query strings from *url*."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class ImageWorksError(Exception):
+    """Base class of every error this project raises on purpose.
+
+    Attributes:
+        message: What happened and where.
+        hint: What to do next (a command, a config key), or ``None``.
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
+
+    def __reduce__(self):  # keep pickling (and copy) working with keyword-only args
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[ImageWorksError], state: dict) -> ImageWorksError:
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    Exception.__init__(obj, str(state.get("message", "")))
+    return obj
+
+
+class ConfigError(ImageWorksError, ValueError):
+    """Bad configuration: the file, the key and the expected value are named.
+
+    Attributes:
+        source: Where the value came from (a file path, ``env IMAGEWORKS_X``, a flag).
+        key: The dotted key, e.g. ``backends.vllm.timeout``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.source = source
+        self.key = key
+        where = ", ".join(p for p in (source, f"key {key!r}" if key else None) if p)
+        super().__init__(f"{message} ({where})" if where else message, hint=hint)
+
+
+class PluginError(ImageWorksError, RuntimeError):
+    """A backend plugin failed to load or broke the plugin contract.
+
+    Attributes:
+        plugin: The entry-point (backend) name.
+        distribution: The distribution that ships it, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        plugin: str | None = None,
+        distribution: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.plugin = plugin
+        self.distribution = distribution
+        super().__init__(message, hint=hint)
+
+
+class BackendError(ImageWorksError, RuntimeError):
+    """Anything a backend said, or failed to say.
+
+    Attributes:
+        backend: Backend name (``vllm``, ``lmdeploy`` ...), when known.
+        url: The URL tried, with credentials and query removed.
+        status: HTTP status, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.url = redact_url(url) if url else None
+        self.status = status
+        super().__init__(message, hint=hint)
+
+
+class BackendUnavailable(BackendError, ConnectionError):
+    """Connection refused / reset, DNS failure, or the server is not ready yet."""
+
+    retryable = True
+
+
+class BackendTimeout(BackendError, TimeoutError):
+    """Connect, read or stream-idle timeout."""
+
+    retryable = True
+
+
+class BackendOverloaded(BackendError):
+    """The server said it is busy (429 / 503 / in-band busy).
+
+    Attributes:
+        retry_after: Seconds the server asked us to wait, or ``None``.
+    """
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        backend: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, backend=backend, url=url, status=status, hint=hint)
+
+
+class BackendRejected(BackendError, ValueError):
+    """The server refused this request (4xx): bad request, unknown model, too many images."""
+
+
+class BackendProtocolError(BackendError):
+    """Malformed body or stream, or an error reported inside an HTTP 200 stream.
+
+    Server-side failures (HTTP 5xx other than 503, a bad gateway) are reported
+    as this class with ``retryable`` set on the instance when a retry may help.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        backend: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.retryable = retryable
+        super().__init__(message, backend=backend, url=url, status=status, hint=hint)
+
+
+class InputError(ImageWorksError, ValueError):
+    """An input (usually an image) could not be used.
+
+    Attributes:
+        source: The path or identity of the input.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, hint: str | None = None) -> None:
+        self.source = source
+        super().__init__(message, hint=hint)
