@@ -1,0 +1,138 @@
+"""ImageWorks backends: send images to vision-language model servers through pluggable backends.
+
+The public API is re-exported here and imported lazily, so ``import
+imageworks_core`` (and ``imageworks --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+# A library logs to its own logger and lets the application decide where it goes.
+logging.getLogger("imageworks").addHandler(logging.NullHandler())
+
+__all__ = [
+    "Attempt",
+    "BackendContext",
+    "BackendError",
+    "BackendInfo",
+    "BackendOverloaded",
+    "BackendProtocolError",
+    "BackendRejected",
+    "BackendSettings",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "Capabilities",
+    "Chunk",
+    "Client",
+    "Config",
+    "ConfigError",
+    "Event",
+    "HealthReport",
+    "ImageWorksError",
+    "InputError",
+    "OpenAICompatBackend",
+    "PluginError",
+    "PreparedImage",
+    "Request",
+    "Result",
+    "RetrySettings",
+    "Secret",
+    "Settings",
+    "Usage",
+    "aprepare_image",
+    "converter",
+    "hookimpl",
+    "iter_image_paths",
+    "prepare_image",
+    "set_testing",
+]
+
+_WHERE = {
+    "Attempt": "models",
+    "BackendContext": "context",
+    "BackendError": "errors",
+    "BackendInfo": "models",
+    "BackendOverloaded": "errors",
+    "BackendProtocolError": "errors",
+    "BackendRejected": "errors",
+    "BackendSettings": "settings",
+    "BackendTimeout": "errors",
+    "BackendUnavailable": "errors",
+    "Capabilities": "models",
+    "Chunk": "models",
+    "Client": "client",
+    "Config": "config",
+    "ConfigError": "errors",
+    "Event": "dispatch",
+    "HealthReport": "models",
+    "ImageWorksError": "errors",
+    "InputError": "errors",
+    "OpenAICompatBackend": "openai_compat",
+    "PluginError": "errors",
+    "PreparedImage": "models",
+    "Request": "models",
+    "Result": "models",
+    "RetrySettings": "settings",
+    "Secret": "settings",
+    "Settings": "settings",
+    "Usage": "models",
+    "aprepare_image": "images",
+    "converter": "serialize",
+    "hookimpl": "hookspecs",
+    "iter_image_paths": "discovery",
+    "prepare_image": "images",
+    "set_testing": "retry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imageworks_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .config import Config
+    from .context import BackendContext
+    from .discovery import iter_image_paths
+    from .dispatch import Event
+    from .errors import (
+        BackendError,
+        BackendOverloaded,
+        BackendProtocolError,
+        BackendRejected,
+        BackendTimeout,
+        BackendUnavailable,
+        ConfigError,
+        ImageWorksError,
+        InputError,
+        PluginError,
+    )
+    from .hookspecs import hookimpl
+    from .images import aprepare_image, prepare_image
+    from .models import (
+        Attempt,
+        BackendInfo,
+        Capabilities,
+        Chunk,
+        HealthReport,
+        PreparedImage,
+        Request,
+        Result,
+        Usage,
+    )
+    from .openai_compat import OpenAICompatBackend
+    from .retry import set_testing
+    from .serialize import converter
+    from .settings import BackendSettings, RetrySettings, Secret, Settings

@@ -1,0 +1,1 @@
+"""Backends shipped inside imageworks-core (registered through its own entry points)."""

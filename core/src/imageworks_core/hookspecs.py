@@ -1,0 +1,48 @@
+"""The plugin contract: what a backend plugin implements.
+
+A backend is a module (or object) registered under the entry-point group
+``imageworks.backends``; the entry-point name is the backend name.  It marks
+its functions with ``imageworks_core.hookimpl``.  Every backend implements all
+four hooks; ``infer``, ``health`` are ``async def``, ``stream`` is an
+``async def`` generator.  The core calls exactly one backend's implementation
+per request, so a backend never sees another backend's traffic.
+
+Hooks may accept fewer arguments than the spec (pluggy passes only the names
+an implementation asks for); new optional arguments are added over time.
+Other plugins may wrap calls with ``@hookimpl(wrapper=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .context import BackendContext
+    from .models import BackendInfo, Chunk, HealthReport, Request, Result
+
+PROJECT = "imageworks"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def backend_info() -> BackendInfo:
+    """Return this backend's metadata (name, default URL, capabilities, settings class). Sync, cheap, no I/O."""
+
+
+@hookspec(firstresult=True)
+def health(ctx: BackendContext) -> Awaitable[HealthReport]:
+    """Check the server at ``ctx.settings`` and report; never raise for "down" — report it (with a hint)."""
+
+
+@hookspec(firstresult=True)
+def infer(ctx: BackendContext, request: Request) -> Awaitable[Result]:
+    """Answer *request*; raise a ``BackendError`` subclass (or ``InputError``) on failure, never return an error as text."""
+
+
+@hookspec(firstresult=True)
+def stream(ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
+    """Yield the answer as ``Chunk``s, the last with ``finish_reason`` (and ``usage`` when known); raise like ``infer``."""

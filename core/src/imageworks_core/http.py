@@ -1,0 +1,305 @@
+"""A backend's view of HTTP: its base URL, headers, timeouts and error mapping.
+
+Every backend talks HTTP through a ``HttpClient`` bound to it.  The client
+adds the backend's name and launch hint to connection errors and turns every
+error body shape the servers send (see PROTOCOLS.md) into the error tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from .errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendProtocolError,
+    BackendRejected,
+    BackendUnavailable,
+    redact_url,
+)
+from .transport import HttpResponse, StreamResponse, Timeouts, Transport
+
+__all__ = ["HttpClient", "error_from_response", "extract_error_message", "iter_sse_data", "parse_retry_after"]
+
+_MAX_MESSAGE = 500
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _message_from_obj(obj: Any) -> str | None:
+    if isinstance(obj, str):
+        return obj
+    if not isinstance(obj, Mapping):
+        return None
+    err = obj.get("error")
+    if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+        return err["message"]
+    if isinstance(obj.get("message"), str):
+        return obj["message"]
+    if "detail" in obj:
+        detail = obj["detail"]
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, Mapping):
+            return _message_from_obj(detail) or json.dumps(detail)[:_MAX_MESSAGE]
+        if isinstance(detail, list) and detail:  # FastAPI validation errors
+            parts = []
+            for d in detail[:3]:
+                if isinstance(d, Mapping):
+                    loc = ".".join(str(x) for x in d.get("loc", ()) if x != "body")
+                    parts.append(f"{loc}: {d.get('msg', d)}" if loc else str(d.get("msg", d)))
+            return "; ".join(parts) or json.dumps(detail)[:_MAX_MESSAGE]
+    if isinstance(err, str):
+        return err
+    return None
+
+
+def extract_error_message(body: bytes | str | Any) -> str:
+    """The message from an error body: ``error.message``, ``message``, ``detail``, ``error`` — or the text."""
+    if isinstance(body, bytes | str):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            text = text.strip()
+            return (text[:_MAX_MESSAGE] + "…") if len(text) > _MAX_MESSAGE else (text or "(empty body)")
+    else:
+        obj = body
+    msg = _message_from_obj(obj)
+    if msg is None:
+        msg = json.dumps(obj)[:_MAX_MESSAGE] if not isinstance(obj, str) else obj
+    msg = msg.strip()
+    return (msg[:_MAX_MESSAGE] + "…") if len(msg) > _MAX_MESSAGE else (msg or "(empty message)")
+
+
+def _looks_busy(message: str) -> bool:
+    m = message.lower()
+    return any(
+        s in m for s in ("exceeds maximum queue size", "server is busy", "too many requests", "overloaded")
+    )
+
+
+def error_from_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | str | Any,
+    *,
+    backend: str | None,
+    url: str,
+    hint: str | None = None,
+) -> BackendError:
+    """Map an HTTP error response (any body shape) onto the error tree."""
+    message = extract_error_message(body)
+    where = f"{backend or 'backend'} at {redact_url(url)}"
+    text = f"{where} answered HTTP {status}: {message}"
+    kw: dict[str, Any] = {"backend": backend, "url": url, "status": status}
+    if status == 429 or status == 503 or _looks_busy(message):
+        return BackendOverloaded(
+            text,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+            hint="the server is busy; lower --concurrency or raise the server's queue/batch size",
+            **kw,
+        )
+    if status in (401, 403):
+        return BackendRejected(
+            text, hint="check the API key: set the backend's api_key_env to a variable holding it", **kw
+        )
+    if (
+        status in (404, 400, 422)
+        and "model" in message.lower()
+        and ("not found" in message.lower() or "does not exist" in message.lower() or status == 404)
+    ):
+        return BackendRejected(
+            text, hint=hint or "run `imageworks health` to list the served models, then set the model", **kw
+        )
+    if 400 <= status < 500:
+        return BackendRejected(text, **kw)
+    if status in (502, 504):
+        return BackendUnavailable(text, hint=hint, **kw)
+    return BackendProtocolError(text, retryable=status >= 500, **kw)
+
+
+def _decode_json(resp: HttpResponse, *, backend: str, url: str) -> Any:
+    try:
+        return json.loads(resp.body)
+    except ValueError as exc:
+        snippet = resp.body[:200].decode("utf-8", "replace")
+        raise BackendProtocolError(
+            f"{backend} at {redact_url(url)} sent malformed JSON (HTTP {resp.status}): {snippet!r}",
+            backend=backend,
+            url=url,
+            status=resp.status,
+            retryable=True,
+        ) from exc
+
+
+class HttpClient:
+    """HTTP for one backend: a shared pool, its base URL, auth headers, timeouts.
+
+    Attributes:
+        backend: Backend name used in every error.
+        base_url: Absolute base the paths are joined to.
+        timeouts: Default timeouts.
+        hint: Launch hint attached to "cannot connect" errors.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        backend: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        hint: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.backend = backend
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
+        self.timeouts = timeouts
+        self.hint = hint
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def _enrich(self, exc: BackendError, url: str) -> BackendError:
+        if isinstance(exc, BackendUnavailable) and exc.backend is None:
+            reason = exc.message.split(": ", 1)[-1]
+            return BackendUnavailable(
+                f"{self.backend} backend: cannot connect to {redact_url(url)} ({reason}); "
+                "the server is down or still loading its model",
+                backend=self.backend,
+                url=url,
+                hint=self.hint,
+            )
+        if exc.backend is None:
+            exc.backend = self.backend
+            exc.message = f"{self.backend} backend: {exc.message}"
+            exc.args = (exc.message if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
+        return exc
+
+    def _timeouts(self, read: float | None) -> Timeouts:
+        if read is None or read == self.timeouts.read:
+            return self.timeouts
+        return Timeouts(connect=self.timeouts.connect, read=read, idle=self.timeouts.idle)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        """Send and return the response whatever its status (no error mapping)."""
+        url = self.url(path)
+        hdrs = self._json_headers if body is not None else self._headers
+        if headers:
+            hdrs = {**hdrs, **headers}
+        try:
+            return await self.transport.request(
+                method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
+            )
+        except BackendError as exc:
+            raise self._enrich(exc, url) from exc.__cause__
+
+    def error(self, resp: HttpResponse, path: str) -> BackendError:
+        return error_from_response(
+            resp.status, resp.headers, resp.body, backend=self.backend, url=self.url(path), hint=self.hint
+        )
+
+    async def get_json(self, path: str, *, timeout: float | None = None) -> Any:
+        resp = await self.request("GET", path, timeout=timeout)
+        if resp.status >= 400:
+            raise self.error(resp, path)
+        return _decode_json(resp, backend=self.backend, url=self.url(path))
+
+    async def post_json(self, path: str, body: bytes, *, timeout: float | None = None) -> Any:
+        """POST a pre-encoded JSON body; return the decoded answer or raise the mapped error."""
+        resp = await self.request("POST", path, body=body, timeout=timeout)
+        if resp.status >= 400:
+            raise self.error(resp, path)
+        return _decode_json(resp, backend=self.backend, url=self.url(path))
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, *, body: bytes | None = None, timeout: float | None = None
+    ) -> AsyncIterator[StreamResponse]:
+        """Open a streaming response; error statuses are raised before anything is yielded."""
+        url = self.url(path)
+        hdrs = {**self._json_headers, "Accept": "text/event-stream"} if body is not None else self._headers
+        try:
+            async with self.transport.stream(
+                method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
+            ) as resp:
+                if resp.status >= 400:
+                    data = await resp.read()
+                    raise error_from_response(
+                        resp.status, resp.headers, data, backend=self.backend, url=url, hint=self.hint
+                    )
+                yield resp
+        except BackendError as exc:
+            enriched = self._enrich(exc, url)
+            if enriched is exc:
+                raise
+            raise enriched from exc.__cause__
+
+
+async def iter_sse_data(resp: StreamResponse, *, backend: str, url: str) -> AsyncIterator[Any]:
+    """Decoded JSON payloads of an SSE stream's ``data:`` events; stops at ``[DONE]`` or end of body."""
+    buf: list[bytes] = []
+    async for line in resp.lines():
+        if line.startswith(b"data:"):
+            buf.append(line[5:].lstrip(b" "))
+            continue
+        if line and not line.startswith(b":") and b":" in line:
+            continue  # event:, id:, retry: fields
+        if not line and buf:
+            payload = b"\n".join(buf)
+            buf.clear()
+            if payload.strip() == b"[DONE]":
+                return
+            yield _sse_json(payload, backend=backend, url=url)
+    if buf:
+        payload = b"\n".join(buf)
+        if payload.strip() != b"[DONE]":
+            yield _sse_json(payload, backend=backend, url=url)
+
+
+def _sse_json(payload: bytes, *, backend: str, url: str) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        raise BackendProtocolError(
+            f"{backend} at {redact_url(url)} sent a malformed stream event: {payload[:200]!r}",
+            backend=backend,
+            url=url,
+            retryable=True,
+        ) from exc

@@ -1,0 +1,300 @@
+"""The data that crosses the plugin boundary: requests, results, chunks, health.
+
+All classes are frozen and slotted; ``imageworks_core.serialize`` turns them
+into JSON and back.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ImageWorksError
+
+__all__ = [
+    "Attempt",
+    "BackendInfo",
+    "Capabilities",
+    "Chunk",
+    "HealthReport",
+    "PreparedImage",
+    "Request",
+    "Result",
+    "Usage",
+]
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"RIFF", "image/webp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"GIF8", "image/gif"),
+)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """MIME type from magic bytes, or ``None`` when unknown."""
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            if mime == "image/webp" and data[8:12] != b"WEBP":
+                continue
+            return mime
+    return None
+
+
+def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value) if value else {}
+
+
+@attrs.frozen(slots=True)
+class PreparedImage:
+    """An encoded image ready to send.
+
+    Attributes:
+        data: The encoded bytes (JPEG or PNG after preparation).
+        mime: Its MIME type, e.g. ``image/jpeg``.
+        width: Pixel width of ``data``.
+        height: Pixel height of ``data``.
+        original_width: Width of the source before resizing (0 when unknown).
+        original_height: Height of the source before resizing (0 when unknown).
+        source: The path it came from, or ``"<bytes>"``.
+    """
+
+    data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+    mime: str
+    width: int = 0
+    height: int = 0
+    original_width: int = 0
+    original_height: int = 0
+    source: str = "<bytes>"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, mime: str | None = None, source: str = "<bytes>") -> PreparedImage:
+        """Wrap already-encoded bytes without decoding or re-encoding them."""
+        mime = mime or sniff_mime(data)
+        if mime is None:
+            from .errors import InputError
+
+            raise InputError(
+                f"{source}: not a recognised image (no JPEG/PNG/WebP/TIFF signature)",
+                source=source,
+                hint="pass mime= explicitly, or prepare the file with imageworks_core.prepare_image",
+            )
+        return cls(data=data, mime=mime, source=source)
+
+    def data_url(self) -> str:
+        """``data:<mime>;base64,...`` — the one image form every OpenAI-style server accepts."""
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+    def b64(self) -> str:
+        """Plain base64 of ``data`` (Triton's vLLM-backend convention)."""
+        return base64.b64encode(self.data).decode("ascii")
+
+
+@attrs.frozen(slots=True)
+class Usage:
+    """Token counts as the server reported them (``None`` when it did not).
+
+    Attributes:
+        prompt_tokens: Tokens in the prompt, images included.
+        completion_tokens: Tokens generated.
+        total_tokens: Their sum.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@attrs.frozen(slots=True)
+class Request:
+    """One inference request.
+
+    Attributes:
+        prompt: The user text.  Ignored when ``messages`` is given.
+        images: Images to send with the prompt.
+        messages: Full OpenAI-style chat messages (advanced); images in them
+            must already be ``data:`` URLs.
+        system: An optional system prompt.
+        model: Per-request model override (else the backend's configured model).
+        backend: Per-request backend choice (else the configured one).
+        max_tokens: Generation cap (always sent; default from config).
+        temperature: Sampling temperature (default from config).
+        top_p: Nucleus sampling, when set.
+        stop: Stop strings.
+        extra: Backend-specific extras merged into the request body
+            (e.g. ``{"top_k": 20}`` or ``{"mm_processor_kwargs": {...}}``).
+        timeout: Per-request read timeout in seconds.
+        id: The caller's identity for this request (kept on its result).
+    """
+
+    prompt: str | None = None
+    images: tuple[PreparedImage, ...] = attrs.field(default=(), converter=tuple)
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    system: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_map)
+    timeout: float | None = None
+    id: str | None = None
+
+
+@attrs.frozen(slots=True)
+class Attempt:
+    """One try of one request on one backend.
+
+    Attributes:
+        backend: The backend tried.
+        latency: Seconds the try took.
+        error: The one-line error, or ``None`` for the try that succeeded.
+        error_type: The error's class name.
+        status: HTTP status, when there was one.
+    """
+
+    backend: str
+    latency: float
+    error: str | None = None
+    error_type: str | None = None
+    status: int | None = None
+
+
+@attrs.frozen(slots=True)
+class Result:
+    """The outcome of one request.
+
+    ``Client.infer`` raises on failure; ``Client.map`` yields results with
+    ``error`` set instead, so one bad item never stops a batch.
+
+    Attributes:
+        text: The generated text ("" on failure).
+        backend: The backend that answered (or was last tried).
+        model: The model that answered, as the server named it.
+        usage: Token counts.
+        latency: Seconds from the first try to the answer.
+        finish_reason: ``stop``, ``length`` ... as the server said.
+        attempts: Every try, in order.
+        id: The request's ``id`` (or the item's identity in ``map``).
+        error: The error that ended the request, or ``None``.
+        item: The input item of ``Client.map`` (not serialised).
+    """
+
+    text: str = ""
+    backend: str = ""
+    model: str = ""
+    usage: Usage = Usage()
+    latency: float = 0.0
+    finish_reason: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    id: str | None = None
+    error: ImageWorksError | None = None
+    item: Any = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen(slots=True)
+class Chunk:
+    """A piece of a streamed answer.
+
+    Attributes:
+        text: Newly generated text (may be empty, e.g. on the usage chunk).
+        finish_reason: Set on the last content chunk.
+        usage: Set on the final chunk when the server reports usage.
+        model: The model named by the server, when given.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+@attrs.frozen(slots=True)
+class HealthReport:
+    """What a backend's health check found.
+
+    Attributes:
+        backend: Backend name.
+        url: The base URL checked (credentials removed).
+        reachable: Something answered.
+        ready: It can serve requests now.
+        models: Model ids served.
+        version: Server version, when it says.
+        latency: Seconds the check took.
+        hint: What to do when not ready (a launch command, a config key).
+        detail: One line on what was seen (e.g. "HTTP 503 from /health").
+        max_model_len: Context length, when the server says.
+        metrics: Load figures when available: ``running``, ``waiting``,
+            ``kv_cache_usage`` ...
+    """
+
+    backend: str
+    url: str
+    reachable: bool
+    ready: bool
+    models: tuple[str, ...] = ()
+    version: str | None = None
+    latency: float = 0.0
+    hint: str | None = None
+    detail: str | None = None
+    max_model_len: int | None = None
+    metrics: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_map)
+
+
+@attrs.frozen(slots=True)
+class Capabilities:
+    """What a backend can do, declared without calling it.
+
+    Attributes:
+        vision: Accepts images.
+        streaming: Implements ``stream`` with real incremental output.
+        max_images: Images per request it accepts, ``None`` for no fixed cap.
+        model_switch: A request may name another model than the configured one.
+        structured_output: Supports JSON-schema constrained output.
+    """
+
+    vision: bool = True
+    streaming: bool = True
+    max_images: int | None = None
+    model_switch: bool = True
+    structured_output: bool = False
+
+
+@attrs.frozen(slots=True)
+class BackendInfo:
+    """A backend's metadata, returned by its ``backend_info`` hook.
+
+    Attributes:
+        name: The backend name (must equal the entry-point name).
+        description: One line for ``imageworks backends``.
+        default_base_url: Where its server listens by default.
+        capabilities: What it can do.
+        settings_cls: Its settings class (a subclass of ``BackendSettings``).
+        launch_hints: Commands that start its server, shown when it is down
+            (e.g. one line for a 16 GB GPU and one for a 96 GB GPU).
+        docs_url: Where its setup page lives.
+    """
+
+    name: str
+    description: str
+    default_base_url: str
+    capabilities: Capabilities = Capabilities()
+    settings_cls: type = attrs.field(default=None)
+    launch_hints: tuple[str, ...] = ()
+    docs_url: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.settings_cls is None:
+            from .settings import BackendSettings
+
+            object.__setattr__(self, "settings_cls", BackendSettings)

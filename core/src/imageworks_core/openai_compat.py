@@ -1,0 +1,316 @@
+"""The OpenAI-compatible backend that vLLM, LMDeploy and the generic plugin share.
+
+A plugin subclasses ``OpenAICompatBackend``, sets its metadata as class
+attributes and overrides only its server's quirks (health, extra body
+fields, result checks).  An instance is the pluggy plugin object: its
+``backend_info`` / ``health`` / ``infer`` / ``stream`` methods are the hookimpls.
+
+The hot path builds each body once as a plain dict, encodes it once, and
+reads the answer without per-request model validation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+from .context import BackendContext
+from .errors import (
+    BackendError,
+    BackendOverloaded,
+    BackendProtocolError,
+    BackendRejected,
+    redact_url,
+)
+from .hookspecs import hookimpl
+from .http import error_from_response, extract_error_message, iter_sse_data
+from .models import BackendInfo, Capabilities, Chunk, HealthReport, PreparedImage, Request, Result, Usage
+from .settings import BackendSettings, split_api_base
+
+__all__ = ["OpenAICompatBackend", "usage_from"]
+
+
+def usage_from(obj: Any) -> Usage | None:
+    """``Usage`` from an OpenAI-style ``usage`` object, or ``None``."""
+    if not isinstance(obj, Mapping):
+        return None
+    return Usage(
+        prompt_tokens=obj.get("prompt_tokens"),
+        completion_tokens=obj.get("completion_tokens"),
+        total_tokens=obj.get("total_tokens"),
+    )
+
+
+def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str) -> BackendError:
+    err = obj.get("error")
+    code = err.get("code") if isinstance(err, Mapping) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    exc = error_from_response(status, {}, obj, backend=backend, url=url)
+    if isinstance(exc, BackendOverloaded | BackendRejected):
+        exc.message = f"{exc.message} (reported inside the stream)"
+        exc.args = (str(exc.message),)
+        return exc
+    return BackendProtocolError(
+        f"{backend} at {redact_url(url)} reported an error inside the stream: {extract_error_message(obj)}",
+        backend=backend,
+        url=url,
+        status=status,
+        retryable=status >= 500,
+    )
+
+
+class OpenAICompatBackend:
+    """Base class of OpenAI-compatible backends (chat completions with data-URL images)."""
+
+    name: ClassVar[str] = "openai"
+    description: ClassVar[str] = "Any OpenAI-compatible server"
+    default_base_url: ClassVar[str] = "http://localhost:8000/v1"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    settings_cls: ClassVar[type[BackendSettings]] = BackendSettings
+    launch_hints: ClassVar[tuple[str, ...]] = ()
+    docs_url: ClassVar[str | None] = None
+    #: Append ``/v1`` to a base URL given without it (servers known to serve ``/v1``).
+    force_v1: ClassVar[bool] = True
+
+    # ------------------------------------------------------------ hooks
+
+    @hookimpl
+    def backend_info(self) -> BackendInfo:
+        return BackendInfo(
+            name=self.name,
+            description=self.description,
+            default_base_url=self.default_base_url,
+            capabilities=self.capabilities,
+            settings_cls=self.settings_cls,
+            launch_hints=self.launch_hints,
+            docs_url=self.docs_url,
+        )
+
+    @hookimpl
+    async def health(self, ctx: BackendContext) -> HealthReport:
+        start = time.perf_counter()
+        try:
+            report = await self.check_health(ctx)
+        except BackendError as exc:
+            report = HealthReport(
+                backend=ctx.name,
+                url=redact_url(ctx.base_url),
+                reachable=exc.status is not None,
+                ready=False,
+                detail=exc.message,
+                hint=exc.hint or ctx.hint,
+            )
+        return _with_latency(report, time.perf_counter() - start)
+
+    @hookimpl
+    async def infer(self, ctx: BackendContext, request: Request) -> Result:
+        model = await self.resolve_model(ctx, request)
+        body = self.build_body(ctx, request, model, stream=False)
+        data = await ctx.http.post_json(
+            self.api(ctx, "chat/completions"), json.dumps(body).encode(), timeout=request.timeout
+        )
+        return self.parse_completion(ctx, data, model)
+
+    @hookimpl
+    async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
+        model = await self.resolve_model(ctx, request)
+        body = self.build_body(ctx, request, model, stream=True)
+        url = self.api(ctx, "chat/completions")
+        finished = False
+        got_text = False
+        async with ctx.http.stream(
+            "POST", url, body=json.dumps(body).encode(), timeout=request.timeout
+        ) as resp:
+            async for obj in iter_sse_data(resp, backend=ctx.name, url=url):
+                if not isinstance(obj, Mapping):
+                    raise BackendProtocolError(f"{ctx.name}: stream event is not an object: {obj!r:.200}")
+                if "error" in obj or obj.get("object") == "error":
+                    raise _inband_error(obj, backend=ctx.name, url=url)
+                chunk = self.parse_chunk(ctx, obj)
+                if chunk is None:
+                    continue
+                got_text = got_text or bool(chunk.text)
+                if chunk.finish_reason is not None:
+                    self.check_finish(ctx, chunk.finish_reason, got_text, model)
+                    finished = True
+                yield chunk
+        if not finished:
+            raise BackendProtocolError(
+                f"{ctx.name} at {redact_url(url)}: the stream ended before the answer finished",
+                backend=ctx.name,
+                url=url,
+                retryable=True,
+            )
+
+    # ------------------------------------------------------------ overridable pieces
+
+    def api(self, ctx: BackendContext, path: str) -> str:
+        """Absolute URL of *path* under the API base (``.../v1``)."""
+        base = ctx.state.get("api_base")
+        if base is None:
+            base = ctx.state["api_base"] = split_api_base(ctx.base_url, force_v1=self.force_v1)[1]
+        return f"{base}/{path}"
+
+    def root(self, ctx: BackendContext, path: str) -> str:
+        """Absolute URL of *path* under the server root (``/health``, ``/metrics``)."""
+        return f"{split_api_base(ctx.base_url, force_v1=self.force_v1)[0]}/{path}"
+
+    async def check_health(self, ctx: BackendContext) -> HealthReport:
+        """Default: ``GET /v1/models``; ready when it lists at least one model."""
+        models, raw = await self.list_models(ctx)
+        return HealthReport(
+            backend=ctx.name,
+            url=redact_url(ctx.base_url),
+            reachable=True,
+            ready=bool(models),
+            models=tuple(models),
+            max_model_len=_max_len(raw),
+            detail=None if models else "the server lists no models",
+        )
+
+    async def list_models(self, ctx: BackendContext) -> tuple[list[str], list[Mapping[str, Any]]]:
+        data = await ctx.http.get_json(self.api(ctx, "models"))
+        entries = data.get("data") if isinstance(data, Mapping) else None
+        if not isinstance(entries, list):
+            raise BackendProtocolError(
+                f"{ctx.name}: /models answered without a 'data' list: {str(data)[:200]}", backend=ctx.name
+            )
+        entries = [e for e in entries if isinstance(e, Mapping) and isinstance(e.get("id"), str)]
+        return [e["id"] for e in entries], entries
+
+    async def resolve_model(self, ctx: BackendContext, request: Request) -> str:
+        """The request's model, else the configured one, else the server's only model."""
+        model = request.model or ctx.settings.model or ctx.state.get("served_model")
+        if model:
+            return model
+        import anyio
+
+        lock = ctx.state.setdefault("model_lock", anyio.Lock())
+        async with lock:
+            if "served_model" not in ctx.state:
+                models, _ = await self.list_models(ctx)
+                if len(models) == 1:
+                    ctx.state["served_model"] = models[0]
+                elif not models:
+                    raise BackendRejected(
+                        f"{ctx.name} at {redact_url(ctx.base_url)} serves no model",
+                        backend=ctx.name,
+                        hint="load a model in the server, or set the model explicitly",
+                    )
+                else:
+                    raise BackendRejected(
+                        f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: {', '.join(models)}",
+                        backend=ctx.name,
+                        hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{models[0]}"',
+                    )
+        return ctx.state["served_model"]
+
+    def image_part(self, ctx: BackendContext, image: PreparedImage) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": image.data_url()}}
+
+    def build_messages(self, ctx: BackendContext, request: Request) -> list[Any]:
+        if request.messages is not None:
+            return list(request.messages)
+        content: list[dict[str, Any]] = [self.image_part(ctx, img) for img in request.images]
+        content.append({"type": "text", "text": request.prompt or ""})
+        messages: list[Any] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": content if request.images else (request.prompt or "")})
+        return messages
+
+    def extra_fields(self, ctx: BackendContext, request: Request) -> Mapping[str, Any]:
+        """Backend-specific body fields from its settings (overridden by plugins)."""
+        return {}
+
+    def build_body(
+        self, ctx: BackendContext, request: Request, model: str, *, stream: bool
+    ) -> dict[str, Any]:
+        cs = ctx.client_settings
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": self.build_messages(ctx, request),
+            "max_tokens": request.max_tokens or cs.max_tokens,
+        }
+        temperature = request.temperature if request.temperature is not None else cs.temperature
+        if temperature is not None:
+            body["temperature"] = temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        body.update(ctx.settings.extra_body)
+        body.update(self.extra_fields(ctx, request))
+        body.update(request.extra)
+        return body
+
+    def parse_completion(self, ctx: BackendContext, data: Any, model: str) -> Result:
+        url = self.api(ctx, "chat/completions")
+        if not isinstance(data, Mapping):
+            raise BackendProtocolError(f"{ctx.name}: answer is not a JSON object", backend=ctx.name, url=url)
+        if "error" in data or data.get("object") == "error":
+            raise _inband_error(data, backend=ctx.name, url=url)
+        try:
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendProtocolError(
+                f"{ctx.name} at {redact_url(url)} answered without choices: {str(data)[:200]}",
+                backend=ctx.name,
+                url=url,
+            ) from None
+        if not isinstance(text, str):  # some servers send content parts
+            text = "".join(p.get("text", "") for p in text if isinstance(p, Mapping))
+        finish = choice.get("finish_reason")
+        self.check_finish(ctx, finish, bool(text), model)
+        return Result(
+            text=text,
+            backend=ctx.name,
+            model=str(data.get("model") or model),
+            usage=usage_from(data.get("usage")) or Usage(),
+            finish_reason=finish,
+        )
+
+    def parse_chunk(self, ctx: BackendContext, obj: Mapping[str, Any]) -> Chunk | None:
+        usage = usage_from(obj.get("usage"))
+        choices = obj.get("choices") or []
+        if not choices:
+            return Chunk(usage=usage, model=obj.get("model")) if usage else None
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or ""
+        finish = choice.get("finish_reason")
+        if not text and finish is None and usage is None:
+            return None
+        return Chunk(text=text, finish_reason=finish, usage=usage, model=obj.get("model"))
+
+    def check_finish(
+        self, ctx: BackendContext, finish_reason: str | None, has_text: bool, model: str
+    ) -> None:
+        """Raise when the server signalled failure in-band (``finish_reason: "error"``)."""
+        if finish_reason == "error":
+            raise BackendProtocolError(
+                f"{ctx.name}: the server ended generation with finish_reason 'error' (model {model})",
+                backend=ctx.name,
+                hint="see the server log; the image or prompt may be too large for the session length",
+            )
+
+
+def _with_latency(report: HealthReport, latency: float) -> HealthReport:
+    import attrs
+
+    return attrs.evolve(report, latency=latency)
+
+
+def _max_len(entries: list[Mapping[str, Any]]) -> int | None:
+    for e in entries:
+        value = e.get("max_model_len")
+        if isinstance(value, int):
+            return value
+    return None

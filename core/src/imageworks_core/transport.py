@@ -1,0 +1,318 @@
+"""The transport seam: one interface, two implementations, one pool per endpoint.
+
+``HttpxTransport`` works under asyncio and trio.  ``AiohttpTransport`` is the
+asyncio fast path (an order of magnitude less client CPU per request, see
+``bench/bench_dispatch.py``).  ``open_transport`` picks by the running event
+loop.  Transports raise only ``BackendUnavailable`` / ``BackendTimeout`` /
+``BackendProtocolError``; turning HTTP statuses into errors is the caller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+import attrs
+
+from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable
+
+__all__ = ["HttpResponse", "StreamResponse", "Timeouts", "Transport", "open_transport"]
+
+
+@attrs.frozen(slots=True)
+class Timeouts:
+    """Per-request timeouts in seconds (``None``: no limit).
+
+    Attributes:
+        connect: Establishing the TCP/TLS connection.
+        read: Waiting for the response (non-streaming: the whole answer).
+        idle: Longest silence between two lines of a stream.
+    """
+
+    connect: float | None = 5.0
+    read: float | None = 120.0
+    idle: float | None = 60.0
+
+
+@attrs.frozen(slots=True)
+class HttpResponse:
+    """A complete response.
+
+    Attributes:
+        status: HTTP status code.
+        headers: Response headers with lower-case names.
+        body: The raw body.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class StreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The rest of the body (used for error statuses)."""
+
+    def lines(self) -> AsyncIterator[bytes]:
+        """Body lines without line endings; raises ``BackendTimeout`` after ``idle`` silence."""
+
+
+class Transport(Protocol):
+    """One connection pool to one endpoint (scheme, host, port)."""
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> HttpResponse: ...
+
+    def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> contextlib.AbstractAsyncContextManager[StreamResponse]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return BackendUnavailable(f"cannot connect to {url}: {reason}", url=url)
+
+
+# ---------------------------------------------------------------- httpx
+
+
+class _HttpxStream:
+    def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        self._resp = resp
+        self._url = url
+        self._idle = idle
+        self.status: int = resp.status_code
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self) -> bytes:
+        import httpx
+
+        try:
+            return bytes(await self._resp.aread())
+        except httpx.HTTPError as exc:
+            raise BackendProtocolError(f"response from {self._url} broke off: {exc}", url=self._url) from exc
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        import anyio
+        import httpx
+
+        it = self._resp.aiter_lines().__aiter__()
+        while True:
+            try:
+                with anyio.fail_after(self._idle):
+                    line = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise BackendTimeout(
+                    f"stream from {self._url} went silent for {self._idle}s", url=self._url
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise BackendTimeout(f"stream from {self._url} timed out: {exc}", url=self._url) from exc
+            except httpx.HTTPError as exc:
+                raise BackendProtocolError(
+                    f"stream from {self._url} broke off: {exc or type(exc).__name__}",
+                    url=self._url,
+                    retryable=True,
+                ) from exc
+            yield line.encode()
+
+
+class HttpxTransport:
+    """httpx pool; the transport under trio and the fallback under asyncio."""
+
+    def __init__(self, *, max_connections: int) -> None:
+        import httpx
+
+        self._httpx = httpx
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False, trust_env=False)
+
+    def _timeout(self, t: Timeouts) -> Any:
+        return self._httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=None)
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> HttpResponse:
+        httpx = self._httpx
+        try:
+            resp = await self._client.request(
+                method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
+            )
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"{method} {url} timed out ({type(exc).__name__})", url=url) from exc
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            raise _unavailable(url, exc) from exc
+        except httpx.HTTPError as exc:
+            raise _unavailable(url, exc) from exc
+        return HttpResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> AsyncIterator[StreamResponse]:
+        httpx = self._httpx
+        req = self._client.build_request(
+            method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(f"{method} {url} timed out ({type(exc).__name__})", url=url) from exc
+        except httpx.HTTPError as exc:
+            raise _unavailable(url, exc) from exc
+        try:
+            yield _HttpxStream(resp, url, timeouts.idle)
+        finally:
+            await resp.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# ---------------------------------------------------------------- aiohttp
+
+
+class _AiohttpStream:
+    def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        self._resp = resp
+        self._url = url
+        self._idle = idle
+        self.status: int = resp.status
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
+
+    async def read(self) -> bytes:
+        import aiohttp
+
+        try:
+            return bytes(await self._resp.read())
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendProtocolError(f"response from {self._url} broke off: {exc}", url=self._url) from exc
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        import asyncio
+
+        import aiohttp
+
+        content = self._resp.content
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    line = await content.readline()
+            except TimeoutError as exc:
+                raise BackendTimeout(
+                    f"stream from {self._url} went silent for {self._idle}s", url=self._url
+                ) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise BackendProtocolError(
+                    f"stream from {self._url} broke off: {exc or type(exc).__name__}",
+                    url=self._url,
+                    retryable=True,
+                ) from exc
+            if not line:
+                if not content.at_eof():  # pragma: no cover - defensive
+                    continue
+                return
+            yield line.rstrip(b"\r\n")
+
+
+class AiohttpTransport:
+    """aiohttp pool: the fast path under asyncio."""
+
+    def __init__(self, *, max_connections: int) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, trust_env=False, skip_auto_headers=("User-Agent",)
+        )
+
+    def _timeout(self, t: Timeouts) -> Any:
+        return self._aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> HttpResponse:
+        aiohttp = self._aiohttp
+        try:
+            async with self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=self._timeout(timeouts),
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{method} {url} timed out", url=url) from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise BackendProtocolError(
+                f"response from {url} broke off: {exc}", url=url, retryable=True
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(url, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> AsyncIterator[StreamResponse]:
+        aiohttp = self._aiohttp
+        try:
+            cm = self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=self._timeout(timeouts),
+                allow_redirects=False,
+            )
+            resp = await cm.__aenter__()
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{method} {url} timed out", url=url) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _unavailable(url, exc) from exc
+        try:
+            yield _AiohttpStream(resp, url, timeouts.idle)
+        finally:
+            resp.release()
+            await cm.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+def open_transport(kind: str, *, max_connections: int) -> Transport:
+    """A new pool: *kind* is ``auto``, ``httpx`` or ``aiohttp``.
+
+    ``auto`` picks aiohttp under asyncio (when installed) and httpx otherwise.
+    Must be called inside the running event loop.
+    """
+    import sniffio
+
+    running = sniffio.current_async_library()
+    if kind == "aiohttp" and running != "asyncio":
+        kind = "httpx"  # aiohttp cannot run under trio
+    if kind == "auto":
+        kind = "httpx"
+        if running == "asyncio":
+            try:
+                import aiohttp  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                kind = "aiohttp"
+    if kind == "aiohttp":
+        return AiohttpTransport(max_connections=max_connections)
+    return HttpxTransport(max_connections=max_connections)
