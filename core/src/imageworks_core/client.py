@@ -235,7 +235,7 @@ class Client:
                 detail=exc.message,
                 hint=exc.hint,
             )
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not raised
+        except Exception as exc:
             return HealthReport(
                 backend=name,
                 url=ctx.base_url,
@@ -270,7 +270,7 @@ class Client:
             for ctx in self._contexts.values():
                 try:
                     await ctx.aclose()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("closing backend %s failed", ctx.name)
             for pool in self._pools.values():
                 await pool.aclose()

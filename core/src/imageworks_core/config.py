@@ -331,7 +331,7 @@ def load_config(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
-    user_file: str | os.PathLike[str] | None | bool = True,
+    user_file: str | os.PathLike[str] | bool | None = True,
     project_file: bool = True,
     unavailable: Iterable[str] = (),
 ) -> Config:

@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from .errors import BackendError, BackendRejected, BackendUnavailable, ImageWorksError, InputError, PluginError
+from .errors import (
+    BackendError,
+    BackendRejected,
+    BackendUnavailable,
+    ImageWorksError,
+    InputError,
+    PluginError,
+)
 from .models import Attempt, Chunk, PreparedImage, Request, Result
 from .retry import Breaker, backoff_delay, counts_against_backend, ends_item, is_retryable, sleep
 
@@ -104,13 +111,22 @@ class Dispatcher:
             )
         if name not in self._warned_model:
             self._warned_model.add(name)
-            log.warning("%s cannot switch models per request; using its configured model instead of %r", name, request.model)
+            log.warning(
+                "%s cannot switch models per request; using its configured model instead of %r",
+                name,
+                request.model,
+            )
         return attrs.evolve(request, model=None)
 
     # ------------------------------------------------------------ one item
 
     async def run_one(
-        self, request: Request, *, item_id: str | None = None, item: Any = None, on_event: OnEvent | None = None
+        self,
+        request: Request,
+        *,
+        item_id: str | None = None,
+        item: Any = None,
+        on_event: OnEvent | None = None,
     ) -> Result:
         """Answer *request* with retries and fallback; never raises for backend/input errors."""
         rid = item_id or request.id or ""
@@ -131,14 +147,22 @@ class Dispatcher:
             last: BaseException | None = None
             for attempt in range(1, policy.max_attempts + 1):
                 if on_event:
-                    on_event(Event("started" if attempt == 1 else "retry", rid, backend=name, attempt=attempt, error=last))
+                    on_event(
+                        Event(
+                            "started" if attempt == 1 else "retry",
+                            rid,
+                            backend=name,
+                            attempt=attempt,
+                            error=last,
+                        )
+                    )
                 t0 = time.monotonic()
                 try:
                     async with self.limiter(name):
                         result = await caller(ctx=ctx, request=req)
                 except ImageWorksError as exc:
                     last = exc
-                except Exception as exc:  # noqa: BLE001 - a plugin bug becomes this item's error
+                except Exception as exc:
                     last = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
                 else:
                     latency = time.monotonic() - t0
@@ -185,7 +209,9 @@ class Dispatcher:
             failures.append((name, last))
             if time.monotonic() >= deadline:
                 break
-        return self._failed(rid, item, failures[-1][0], self._final_error(failures), attempts, start, on_event)
+        return self._failed(
+            rid, item, failures[-1][0], self._final_error(failures), attempts, start, on_event
+        )
 
     def _failed(
         self,
@@ -199,7 +225,12 @@ class Dispatcher:
     ) -> Result:
         err = exc if isinstance(exc, ImageWorksError) else PluginError(_one_line(exc))
         result = Result(
-            backend=backend, latency=time.monotonic() - start, attempts=tuple(attempts), id=rid, error=err, item=item
+            backend=backend,
+            latency=time.monotonic() - start,
+            attempts=tuple(attempts),
+            id=rid,
+            error=err,
+            item=item,
         )
         if on_event:
             on_event(Event("failed", rid, backend=backend, error=err, result=result))
@@ -219,7 +250,9 @@ class Dispatcher:
         cls = BackendUnavailable if everyone_down else BackendError
         return cls(head + ":\n" + "\n".join(lines), hint="\n".join(hints) or None)
 
-    def _log_attempt(self, rid: str, backend: str, attempt: int, latency: float, exc: BaseException | None) -> None:
+    def _log_attempt(
+        self, rid: str, backend: str, attempt: int, latency: float, exc: BaseException | None
+    ) -> None:
         if not log.isEnabledFor(logging.INFO if exc is None else logging.WARNING):
             return
         fields = {
@@ -292,7 +325,11 @@ class Dispatcher:
             if not r.ready:
                 self.breaker(r.backend).trip()
                 log.warning(
-                    "%s at %s is not ready (%s); using %s", r.backend, r.url, r.detail or "no detail", live[0].backend
+                    "%s at %s is not ready (%s); using %s",
+                    r.backend,
+                    r.url,
+                    r.detail or "no detail",
+                    live[0].backend,
                 )
         return reports
 
@@ -335,7 +372,9 @@ class Dispatcher:
         base = template or Request()
         if prompt is not None:
             base = attrs.evolve(base, prompt=prompt)
-        width = concurrency or 2 * max(self.client.concurrency(n) for n in self.client.backend_order(base.backend))
+        width = concurrency or 2 * max(
+            self.client.concurrency(n) for n in self.client.backend_order(base.backend)
+        )
         window = anyio.Semaphore(width)
         send, recv = anyio.create_memory_object_stream[tuple[int, Result]](max_buffer_size=width)
         budget = settings.max_pixels if max_pixels is None else max_pixels
@@ -350,13 +389,12 @@ class Dispatcher:
             await send.send((seq, result))
 
         async def produce() -> None:
-            async with send:
-                async with anyio.create_task_group() as workers:
-                    seq = 0
-                    async for item in _aiter(items):
-                        await window.acquire()
-                        workers.start_soon(one, seq, item)
-                        seq += 1
+            async with send, anyio.create_task_group() as workers:
+                seq = 0
+                async for item in _aiter(items):
+                    await window.acquire()
+                    workers.start_soon(one, seq, item)
+                    seq += 1
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
@@ -383,27 +421,37 @@ class Dispatcher:
         try:
             request = await self._to_request(item, base, budget, threads)
         except ImageWorksError as exc:
-            return self._failed(rid, item, base.backend or self.client.settings.backend, exc, [], start, on_event)
+            return self._failed(
+                rid, item, base.backend or self.client.settings.backend, exc, [], start, on_event
+            )
         return await self.run_one(request, item_id=rid, item=item, on_event=on_event)
 
-    async def _to_request(self, item: Any, base: Request, budget: int, threads: anyio.CapacityLimiter) -> Request:
-        if isinstance(item, Request):
-            return item
+    async def _to_request(
+        self, item: Any, base: Request, budget: int, threads: anyio.CapacityLimiter
+    ) -> Request:
         if isinstance(item, ImageWorksError):
             raise item
+        if isinstance(item, Request):
+            if all(isinstance(i, PreparedImage) for i in item.images):
+                return item
+            images = [await self._prepare(i, budget, threads) for i in item.images]
+            return attrs.evolve(item, images=tuple(images))
+        return attrs.evolve(base, images=(await self._prepare(item, budget, threads),))
+
+    @staticmethod
+    async def _prepare(item: Any, budget: int, threads: anyio.CapacityLimiter) -> PreparedImage:
+        """A ``PreparedImage`` from a path or bytes (decoded and resized in a worker thread)."""
         if isinstance(item, PreparedImage):
-            image = item
-        elif isinstance(item, str | os.PathLike | bytes | bytearray):
+            return item
+        if isinstance(item, str | os.PathLike | bytes | bytearray):
             from .images import aprepare_image
 
             src = bytes(item) if isinstance(item, bytearray) else item
-            image = await aprepare_image(src, max_pixels=budget, limiter=threads)
-        else:
-            raise InputError(
-                f"cannot use an item of type {type(item).__name__}",
-                hint="pass image paths, bytes, PreparedImage or Request objects",
-            )
-        return attrs.evolve(base, images=(image,))
+            return await aprepare_image(src, max_pixels=budget, limiter=threads)
+        raise InputError(
+            f"cannot use an item of type {type(item).__name__}",
+            hint="pass image paths, bytes, PreparedImage or Request objects",
+        )
 
 
 def _identity(item: Any, seq: int) -> str:

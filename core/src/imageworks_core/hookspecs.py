@@ -30,7 +30,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec(firstresult=True)
 def backend_info() -> BackendInfo:
-    """Return this backend's metadata (name, default URL, capabilities, settings class). Sync, cheap, no I/O."""
+    """Return this backend's metadata (name, default URL, capabilities, settings class).
+
+    Synchronous and cheap: no I/O, no heavy imports.
+    """
 
 
 @hookspec(firstresult=True)
@@ -40,9 +43,15 @@ def health(ctx: BackendContext) -> Awaitable[HealthReport]:
 
 @hookspec(firstresult=True)
 def infer(ctx: BackendContext, request: Request) -> Awaitable[Result]:
-    """Answer *request*; raise a ``BackendError`` subclass (or ``InputError``) on failure, never return an error as text."""
+    """Answer *request*.
+
+    Raise a ``BackendError`` subclass (or ``InputError``) on failure; never return an error as text.
+    """
 
 
 @hookspec(firstresult=True)
 def stream(ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
-    """Yield the answer as ``Chunk``s, the last with ``finish_reason`` (and ``usage`` when known); raise like ``infer``."""
+    """Yield the answer as ``Chunk``s, the last with ``finish_reason`` (and ``usage`` when known).
+
+    Raise like ``infer``, also for errors the server reports inside the stream.
+    """

@@ -201,7 +201,8 @@ class OpenAICompatBackend:
                     )
                 else:
                     raise BackendRejected(
-                        f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: {', '.join(models)}",
+                        f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: "
+                        + ", ".join(models),
                         backend=ctx.name,
                         hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{models[0]}"',
                     )

@@ -162,7 +162,7 @@ class BackendRegistry:
             try:
                 plugin = ep.load()
                 self.register(plugin, name=ep.name, distribution=dist, version=version)
-            except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the others
+            except Exception as exc:
                 self._fail(ep.name, exc, dist, version, ep.value)
 
     def _fail(

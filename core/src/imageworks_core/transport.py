@@ -133,7 +133,10 @@ class HttpxTransport:
 
         self._httpx = httpx
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(limits=limits, timeout=None, follow_redirects=False, trust_env=False)
+        # Timeouts are set per request (Timeouts), so the client-wide default is none.
+        self._client = httpx.AsyncClient(  # noqa: S113
+            limits=limits, timeout=None, follow_redirects=False, trust_env=False
+        )
 
     def _timeout(self, t: Timeouts) -> Any:
         return self._httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=None)

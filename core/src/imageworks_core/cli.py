@@ -1,0 +1,254 @@
+"""The ``imageworks`` command: argument parsing and exit codes only.
+
+Heavy modules are imported inside the command functions so ``imageworks
+--help`` stays fast; the work itself lives in ``describe.py`` and the client.
+
+Exit codes: 0 success; 1 some images failed (or a backend is not ready, for
+``health``); 2 bad usage or configuration; 3 no backend could be reached;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _installed() -> str:
+    from .plugins import installed_backend_names
+
+    names = installed_backend_names()
+    return ", ".join(names) if names else "none"
+
+
+def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
+    g = p.add_argument_group("backend (override config; see `imageworks config show`)")
+    g.add_argument(
+        "--vlm-backend",
+        "--backend",
+        dest="backend",
+        metavar="NAME",
+        help="backend to use (default: vllm; 'auto' picks the first healthy one)",
+    )
+    g.add_argument("--vlm-base-url", dest="base_url", metavar="URL", help="server URL, with or without /v1")
+    g.add_argument(
+        "--vlm-model", dest="model", metavar="MODEL", help="model name (default: the server's only model)"
+    )
+    g.add_argument(
+        "--vlm-timeout", dest="timeout", type=float, metavar="SECONDS", help="read timeout (default: 120)"
+    )
+    g.add_argument(
+        "--vlm-api-key-env", dest="api_key_env", metavar="VAR", help="environment variable with the API key"
+    )
+    if legacy:
+        g.add_argument(
+            "--vlm-api-key",
+            dest="api_key",
+            metavar="KEY",
+            help="API key (prefer --vlm-api-key-env: a key on the command line is visible to other users)",
+        )
+    g.add_argument("--fallback", metavar="A,B", help="backends to try in order when the first is down")
+    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per backend (default: 8)")
+    g.add_argument("--max-tokens", type=int, metavar="N", help="generation cap (default: 512)")
+    g.add_argument(
+        "--temperature", type=float, metavar="T", help="sampling temperature (default: the server's)"
+    )
+    g.add_argument(
+        "--max-pixels", type=int, metavar="N", help="downscale images to this many pixels (default: 1000000)"
+    )
+    g.add_argument(
+        "--config", dest="config_file", metavar="FILE", help="user config file to read instead of the default"
+    )
+
+
+def _describe_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files, folders (recursive) or globs")
+    what = p.add_argument_group("what to ask")
+    what.add_argument("--prompt", help="a custom prompt (overrides --template)")
+    what.add_argument(
+        "--template", default=None, help="built-in prompt (default: describe; see --list-templates)"
+    )
+    what.add_argument("--list-templates", action="store_true", help="list the built-in templates and exit")
+    what.add_argument(
+        "--mono-jsonl",
+        type=Path,
+        metavar="FILE",
+        help="mono-checker metrics (JSONL) for the colour-narration template",
+    )
+    out = p.add_argument_group("outputs")
+    out.add_argument(
+        "--output",
+        type=Path,
+        default=Path("imageworks-results.jsonl"),
+        metavar="FILE",
+        help="results JSONL, appended (default: imageworks-results.jsonl)",
+    )
+    out.add_argument(
+        "--xmp",
+        choices=("sidecar", "embed", "none"),
+        default="sidecar",
+        help="XMP sidecar <image>.xmp (default), embedded in the image via exiftool, or none",
+    )
+    out.add_argument(
+        "--no-backup", action="store_true", help="with --xmp embed: do not keep <image>_original"
+    )
+    out.add_argument(
+        "--json-sidecar",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write <image>.cn_metadata.json (default: yes)",
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--resume", action="store_true", help="skip images with a successful result in --output")
+    run.add_argument("--overwrite", action="store_true", help="describe images that already have our sidecar")
+    run.add_argument("--dry-run", action="store_true", help="list what would be described; send nothing")
+    run.add_argument("--stream", action="store_true", help="print tokens live (one image at a time)")
+    run.add_argument("--no-preflight", action="store_true", help="skip the health check before the batch")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--json",
+        dest="json_logs",
+        action="store_true",
+        help="machine output: JSON log lines on stderr, JSON summary on stdout",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    installed = _installed()
+    epilog = (
+        f"installed backends: {installed} (default: vllm). "
+        "Exit codes: 0 ok, 1 failures, 2 usage/config, 3 no backend reachable."
+    )
+    parser = argparse.ArgumentParser(
+        prog="imageworks",
+        description="Describe images with a vision-language model served by vLLM, LMDeploy, Triton or any "
+        "OpenAI-compatible server.",
+        epilog=epilog,
+    )
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("describe", help="describe images, write JSONL + XMP/JSON sidecars", epilog=epilog)
+    _describe_flags(p)
+    _backend_flags(p)
+    p = sub.add_parser(
+        "narrate", epilog=epilog, help="Colour Narrator: describe residual colour in monochrome images"
+    )
+    _describe_flags(p)
+    p.add_argument(
+        "--images", dest="images_dir", metavar="DIR", help="folder of images (Colour Narrator's flag)"
+    )
+    _backend_flags(p, legacy=True)
+
+    p = sub.add_parser("backends", help="list installed backends and plugin load errors", epilog=epilog)
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p = sub.add_parser("health", help="check the configured backend(s)", epilog=epilog)
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("--all", action="store_true", help="check the fallbacks too")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="poll until ready or this many seconds pass (servers refuse connections while loading)",
+    )
+    _backend_flags(p)
+    p = sub.add_parser("config", help="show the effective configuration", epilog=epilog)
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    show = csub.add_parser("show", help="every setting, its value and where it came from (secrets redacted)")
+    show.add_argument("--json", action="store_true", help="JSON output")
+    _backend_flags(show)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    for key in ("backend", "concurrency", "max_tokens", "temperature", "max_pixels"):
+        value = getattr(args, key, None)
+        if value is not None:
+            flags[key] = value
+    if getattr(args, "fallback", None):
+        flags["fallback"] = tuple(x.strip() for x in args.fallback.split(",") if x.strip())
+    selected = {
+        k: getattr(args, k)
+        for k in ("base_url", "model", "timeout", "api_key_env", "api_key")
+        if getattr(args, k, None) is not None
+    }
+    if selected:
+        flags["selected"] = selected
+    return flags
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    config_file = getattr(args, "config_file", None)
+    return Client(overrides=_overrides(args), user_file=config_file or True)
+
+
+def _err(message: str, hint: str | None = None) -> None:
+    print(f"imageworks: {message}", file=sys.stderr)
+    if hint:
+        print(f"  {hint.replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
+
+
+def _setup_logging(verbose: int, json_logs: bool = False) -> None:
+    from .logs import setup_logging
+
+    setup_logging(verbose, json_logs=json_logs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from .commands import print_versions
+
+        print_versions()
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args.verbose, getattr(args, "json_logs", False))
+    from .errors import BackendUnavailable, ConfigError, ImageWorksError, PluginError
+
+    try:
+        from . import commands
+
+        if args.command in ("describe", "narrate"):
+            return commands.describe(args, _client)
+        if args.command == "backends":
+            return commands.backends(args)
+        if args.command == "health":
+            return commands.health(args, _client(args))
+        if args.command == "config":
+            if args.config_command != "show":
+                parser.parse_args(["config", "--help"])
+            return commands.config_show(args, _client(args))
+    except KeyboardInterrupt:
+        _err("interrupted; every finished result is in the results file (rerun with --resume)")
+        return EXIT_INTERRUPTED
+    except BackendUnavailable as exc:
+        _err(exc.message, exc.hint)
+        return EXIT_UNAVAILABLE
+    except (ConfigError, PluginError) as exc:
+        _err(exc.message, exc.hint)
+        return EXIT_USAGE
+    except ImageWorksError as exc:
+        _err(exc.message, exc.hint)
+        return EXIT_FAILED
+    return EXIT_USAGE  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The end-of-run summary: counts, rates, latency percentiles, per backend, failures."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from typing import Any
+
+import attrs
+
+from .errors import ImageWorksError
+from .models import Result
+
+__all__ = ["Summary"]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    text = exc.message if isinstance(exc, ImageWorksError) else str(exc)
+    return " ".join(text.split())
+
+
+@attrs.define
+class Summary:
+    """What a run did.
+
+    Attributes:
+        started: ``time.monotonic()`` at the start.
+        finished: ``time.monotonic()`` at the end (``None`` while running).
+        ok: Results that succeeded.
+        failed: ``(image, one-line reason)`` for each failure.
+        skipped: ``(image, why)`` for each image not sent.
+        planned: Images a dry run would send.
+    """
+
+    started: float = attrs.field(factory=time.monotonic)
+    finished: float | None = None
+    ok: list[Result] = attrs.Factory(list)
+    failed: list[tuple[str, str]] = attrs.Factory(list)
+    skipped: list[tuple[str, str]] = attrs.Factory(list)
+    planned: int = 0
+    _failed_backends: Counter[str] = attrs.Factory(Counter)
+
+    def add(self, result: Result) -> None:
+        if result.error is None:
+            self.ok.append(attrs.evolve(result, item=None))
+        else:
+            self.failed.append((result.id or "?", _reason(result.error)))
+            if result.backend:
+                self._failed_backends[result.backend] += 1
+
+    def skip(self, image: str, why: str) -> None:
+        self.skipped.append((image, why))
+
+    @property
+    def elapsed(self) -> float:
+        return max(1e-9, (self.finished or time.monotonic()) - self.started)
+
+    def as_dict(self) -> dict[str, Any]:
+        latencies = sorted(r.latency for r in self.ok)
+        tokens = sum(r.usage.completion_tokens or 0 for r in self.ok)
+        per_backend: dict[str, dict[str, Any]] = {}
+        for r in self.ok:
+            b = per_backend.setdefault(r.backend, {"ok": 0, "failed": 0, "latencies": []})
+            b["ok"] += 1
+            b["latencies"].append(r.latency)
+        for name, count in self._failed_backends.items():
+            per_backend.setdefault(name, {"ok": 0, "failed": 0, "latencies": []})["failed"] += count
+        return {
+            "ok": len(self.ok),
+            "failed": len(self.failed),
+            "skipped": len(self.skipped),
+            "planned": self.planned,
+            "elapsed_s": round(self.elapsed, 3),
+            "images_per_s": round(len(self.ok) / self.elapsed, 3),
+            "completion_tokens_per_s": round(tokens / self.elapsed, 2),
+            "latency_p50_s": _round(_percentile(latencies, 50)),
+            "latency_p95_s": _round(_percentile(latencies, 95)),
+            "backends": {
+                name: {
+                    "ok": b["ok"],
+                    "failed": b["failed"],
+                    "latency_p50_s": _round(_percentile(sorted(b["latencies"]), 50)),
+                    "latency_p95_s": _round(_percentile(sorted(b["latencies"]), 95)),
+                }
+                for name, b in sorted(per_backend.items())
+            },
+            "failures": [{"image": i, "error": e} for i, e in self.failed],
+        }
+
+    def render(self) -> str:
+        d = self.as_dict()
+        lines = [
+            f"images: {d['ok']} ok, {d['failed']} failed, {d['skipped']} skipped"
+            + (f", {d['planned']} planned (dry run)" if d["planned"] else ""),
+            f"time: {d['elapsed_s']:.1f}s, {d['images_per_s']:.2f} images/s, "
+            f"{d['completion_tokens_per_s']:.1f} tokens/s",
+        ]
+        if d["latency_p50_s"] is not None:
+            lines.append(f"latency: p50 {d['latency_p50_s']:.2f}s, p95 {d['latency_p95_s']:.2f}s")
+        for name, b in d["backends"].items():
+            p50 = "-" if b["latency_p50_s"] is None else f"{b['latency_p50_s']:.2f}s"
+            lines.append(f"  {name}: {b['ok']} ok, {b['failed']} failed, p50 {p50}")
+        if self.failed:
+            lines.append("failed images:")
+            lines += [f"  {image}: {reason}" for image, reason in self.failed[:50]]
+            if len(self.failed) > 50:
+                lines.append(f"  ... and {len(self.failed) - 50} more (see the results JSONL)")
+        return "\n".join(lines)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
