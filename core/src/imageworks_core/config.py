@@ -457,8 +457,8 @@ def _check_names(
     installed = ", ".join(sorted(classes)) or "none"
     for key, names in (("backend", (settings.backend,)), ("fallback", settings.fallback)):
         for name in names:
-            if name in classes or name == "auto":
-                continue
+            if name in classes or name == "auto" or key not in sources:
+                continue  # the built-in default may be absent: that fails when used, not here
             why = (
                 "is installed but failed to load (see `imageworks backends`)"
                 if name in unavailable

@@ -68,9 +68,8 @@ class ImageWorksError(Exception):
 
 
 def _rebuild(cls: type[ImageWorksError], state: dict) -> ImageWorksError:
-    obj = cls.__new__(cls)
+    obj = cls(str(state.get("message", "")), hint=state.get("hint"))
     obj.__dict__.update(state)
-    Exception.__init__(obj, str(state.get("message", "")))
     return obj
 
 

@@ -43,14 +43,12 @@ def _unstructure_error(exc: errors.ImageWorksError) -> dict[str, Any]:
 
 def _structure_error(data: Mapping[str, Any], _: Any) -> errors.ImageWorksError:
     cls = _error_classes().get(str(data.get("type")), errors.ImageWorksError)
-    exc = cls.__new__(cls)
-    exc.message = str(data.get("message", ""))
-    exc.hint = data.get("hint")
+    exc = cls(str(data.get("message", "")), hint=data.get("hint"))
     for key in ("backend", "url", "status", "retry_after", "source", "key", "plugin"):
-        setattr(exc, key, data.get(key))
+        if key in data:
+            setattr(exc, key, data[key])
     if "retryable" in data and isinstance(exc, errors.BackendProtocolError):
         exc.retryable = bool(data["retryable"])
-    Exception.__init__(exc, exc.message if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}")
     return exc
 
 
