@@ -3,7 +3,7 @@
 Each request carries the peers' ~30 KB JPEG as a data URL and a text part
 naming the item.  The generic ``openai`` backend is pointed at the server with
 the pool and the backend's concurrency set to *c*; the items come from a lazy
-generator.  ``IMAGEWORKS_BENCH_LOOP=trio`` runs it under trio (httpx transport).
+generator.  ``BENCH_LOOP=trio`` runs it under trio (httpx transport).
 """
 
 from __future__ import annotations
@@ -55,4 +55,4 @@ def run_ours(base_url: str, n: int, c: int, *, warmup: int = 0, deadline_s: floa
             cpu = time.process_time() - cpu0
             return PeerResult(wall, cpu, ok, errors, first_error)
 
-    return anyio.run(main, backend=os.environ.get("IMAGEWORKS_BENCH_LOOP", "asyncio"))
+    return anyio.run(main, backend=os.environ.get("BENCH_LOOP", "asyncio"))

@@ -212,7 +212,7 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, body: str, ne
     ("var", "value", "needle"),
     [
         ("IMAGEWORKS_MAX_TOKENS", "lots", "expected an integer for max_tokens"),
-        ("IMAGEWORKS_BACKNED", "vllm", "unknown environment variable IMAGEWORKS_BACKNED"),
+        ("IMAGEWORKS_BACKNED", "vllm", "did you mean IMAGEWORKS_BACKEND"),
         ("IMAGEWORKS_BACKENDS__VLLM__HEADERS", "not json", "JSON objects"),
         ("IMAGEWORKS_STRICT_MODEL", "maybe", "expected true or false"),
     ],
@@ -231,6 +231,7 @@ def test_other_tools_sections_and_env_are_left_alone(tmp_path: Path, monkeypatch
         threshold = 3
     """)
     monkeypatch.setenv("IMAGEWORKS_PERSONAL_TAGGER__THRESHOLD", "3")
+    monkeypatch.setenv("IMAGEWORKS_HOME", "/somewhere")  # another tool's variable, not a typo of ours
     assert _client(tmp_path).settings.backend == "vllm"
 
 

@@ -31,7 +31,7 @@ def free_port() -> int:
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """Status code of GET *url*, or ``None`` when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -79,7 +79,7 @@ class ServerProcess:
         return text[-tail:]
 
     def start(self) -> ServerProcess:
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             self.argv,
             stdout=self._logfile,
             stderr=subprocess.STDOUT,
@@ -97,7 +97,9 @@ class ServerProcess:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.name} not ready at {self.ready_url} after {self.ready_timeout}s:\n{self.log()}")
+        raise RuntimeError(
+            f"{self.name} not ready at {self.ready_url} after {self.ready_timeout}s:\n{self.log()}"
+        )
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a crash, for fault tests)."""

@@ -11,6 +11,7 @@ layer's new keys.  Every value remembers where it came from (``config show``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -203,11 +204,15 @@ def _env_layers(env: Mapping[str, str], backend_names: Iterable[str]) -> list[_L
         elif len(parts) > 1:
             continue  # another ImageWorks tool's namespace
         else:
+            known = [f"IMAGEWORKS_{k}" for k in top]
+            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
+            if not close:
+                log.debug("ignoring %s: not an imageworks backends setting", var)
+                continue  # other ImageWorks tools share the prefix
             raise ConfigError(
-                f"unknown environment variable {var}",
+                f"unknown environment variable {var}; did you mean {close[0]}?",
                 source=f"env {var}",
-                hint="known: "
-                + ", ".join(sorted(f"IMAGEWORKS_{k}" for k in top))
+                hint="known: " + ", ".join(sorted(known))
                 + ", IMAGEWORKS_BACKENDS__<NAME>__<KEY>, IMAGEWORKS_RETRY__<KEY>",
             )
     layers = []
