@@ -278,6 +278,7 @@ class Dispatcher:
             req = self._apply_model_policy(name, request)
             ctx = self.client.context(name)
             caller = self.client.registry.caller(name, "stream")
+            last: BaseException | None = None
             for attempt in range(1, policy.max_attempts + 1):
                 yielded = False
                 try:
@@ -292,12 +293,14 @@ class Dispatcher:
                 except ImageWorksError as exc:
                     if yielded or ends_item(exc):
                         raise
-                    failures.append((name, exc))
+                    last = exc
                     if counts_against_backend(exc):
                         self.breaker(name).failure()
                     if not is_retryable(exc) or attempt == policy.max_attempts:
                         break
                     await sleep(backoff_delay(attempt, policy, exc))
+            if last is not None:
+                failures.append((name, last))
         raise self._final_error(failures)
 
     # ------------------------------------------------------------ preflight

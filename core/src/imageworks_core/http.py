@@ -132,7 +132,7 @@ def error_from_response(
         and ("not found" in message.lower() or "does not exist" in message.lower() or status == 404)
     ):
         return BackendRejected(
-            text, hint=hint or "run `imageworks health` to list the served models, then set the model", **kw
+            text, hint="run `imageworks health` to list the served models, then set the model", **kw
         )
     if 400 <= status < 500:
         return BackendRejected(text, **kw)

@@ -43,17 +43,20 @@ def usage_from(obj: Any) -> Usage | None:
     )
 
 
-def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str) -> BackendError:
+def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str, where: str) -> BackendError:
+    """An error the server put in a 200 answer (*where*: "inside the stream" / "in a 200 answer")."""
     err = obj.get("error")
-    code = err.get("code") if isinstance(err, Mapping) else None
+    code = err.get("code") if isinstance(err, Mapping) else obj.get("code")
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
     status = code if isinstance(code, int) and 400 <= code < 600 else 500
     exc = error_from_response(status, {}, obj, backend=backend, url=url)
     if isinstance(exc, BackendOverloaded | BackendRejected):
-        exc.message = f"{exc.message} (reported inside the stream)"
-        exc.args = (str(exc.message),)
+        exc.message = f"{exc.message} (reported {where})"
+        exc.args = (str(exc) if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
         return exc
     return BackendProtocolError(
-        f"{backend} at {redact_url(url)} reported an error inside the stream: {extract_error_message(obj)}",
+        f"{backend} at {redact_url(url)} reported an error {where}: {extract_error_message(obj)}",
         backend=backend,
         url=url,
         status=status,
@@ -127,7 +130,7 @@ class OpenAICompatBackend:
                 if not isinstance(obj, Mapping):
                     raise BackendProtocolError(f"{ctx.name}: stream event is not an object: {obj!r:.200}")
                 if "error" in obj or obj.get("object") == "error":
-                    raise _inband_error(obj, backend=ctx.name, url=url)
+                    raise _inband_error(obj, backend=ctx.name, url=url, where="inside the stream")
                 chunk = self.parse_chunk(ctx, obj)
                 if chunk is None:
                     continue
@@ -255,7 +258,7 @@ class OpenAICompatBackend:
         if not isinstance(data, Mapping):
             raise BackendProtocolError(f"{ctx.name}: answer is not a JSON object", backend=ctx.name, url=url)
         if "error" in data or data.get("object") == "error":
-            raise _inband_error(data, backend=ctx.name, url=url)
+            raise _inband_error(data, backend=ctx.name, url=url, where="in an HTTP 200 answer")
         try:
             choice = data["choices"][0]
             message = choice.get("message") or {}
