@@ -26,25 +26,6 @@ __all__ = [
     "Usage",
 ]
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"RIFF", "image/webp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
-    (b"GIF8", "image/gif"),
-)
-
-
-def sniff_mime(data: bytes) -> str | None:
-    """MIME type from magic bytes, or ``None`` when unknown."""
-    for magic, mime in _MAGIC:
-        if data.startswith(magic):
-            if mime == "image/webp" and data[8:12] != b"WEBP":
-                continue
-            return mime
-    return None
-
 
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value) if value else {}
@@ -74,17 +55,14 @@ class PreparedImage:
 
     @classmethod
     def from_bytes(cls, data: bytes, mime: str | None = None, source: str = "<bytes>") -> PreparedImage:
-        """Wrap already-encoded bytes without decoding or re-encoding them."""
-        mime = mime or sniff_mime(data)
-        if mime is None:
-            from .errors import InputError
+        """Wrap already-encoded bytes without re-encoding them (the header is read for the size).
 
-            raise InputError(
-                f"{source}: not a recognised image (no JPEG/PNG/WebP/TIFF signature)",
-                source=source,
-                hint="pass mime= explicitly, or prepare the file with imageworks_core.prepare_image",
-            )
-        return cls(data=data, mime=mime, source=source)
+        Raises:
+            InputError: *data* is empty, or not an image whose header can be read.
+        """
+        from .images import wrap_encoded
+
+        return wrap_encoded(data, mime, source)
 
     def data_url(self) -> str:
         """``data:<mime>;base64,...`` — the one image form every OpenAI-style server accepts."""
