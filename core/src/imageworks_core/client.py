@@ -23,7 +23,7 @@ import attrs
 
 from .config import Config, load_config
 from .context import BackendContext
-from .errors import ImageWorksError, PluginError
+from .errors import ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import Chunk, HealthReport, Request, Result
 from .plugins import BackendRegistry
@@ -229,7 +229,7 @@ class Client:
         except ImageWorksError as exc:
             return HealthReport(
                 backend=name,
-                url=ctx.base_url,
+                url=redact_url(ctx.base_url),
                 reachable=False,
                 ready=False,
                 detail=exc.message,
@@ -238,7 +238,7 @@ class Client:
         except Exception as exc:
             return HealthReport(
                 backend=name,
-                url=ctx.base_url,
+                url=redact_url(ctx.base_url),
                 reachable=False,
                 ready=False,
                 detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
