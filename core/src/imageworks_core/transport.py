@@ -134,8 +134,11 @@ class HttpxTransport:
         self._httpx = httpx
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # Timeouts are set per request (Timeouts), so the client-wide default is none.
-        self._client = httpx.AsyncClient(  # noqa: S113
-            limits=limits, timeout=None, follow_redirects=False, trust_env=False
+        self._client = httpx.AsyncClient(
+            limits=limits,
+            timeout=None,  # noqa: S113
+            follow_redirects=False,
+            trust_env=False,
         )
 
     def _timeout(self, t: Timeouts) -> Any:

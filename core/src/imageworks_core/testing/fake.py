@@ -5,8 +5,10 @@
     async with Client(plugins=[fake], backend="fake", entry_points=False) as client: ...
 
 Each call takes the next scripted outcome (a string answers, an exception is
-raised, a ``Delay`` sleeps first); when the script is empty it answers
-``reply``.  Every request is kept in ``calls``.
+raised, a ``Delay`` sleeps first, a ``FailAfter`` streams some text and then
+fails); when the script is empty it takes the ``always`` outcome if one is
+set, else it answers ``reply``.  A request's ``timeout`` is honoured like a
+transport would (``BackendTimeout``).  Every request is kept in ``calls``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import anyio
 import attrs
 
 from ..context import BackendContext
+from ..errors import BackendRejected, BackendTimeout, redact_url
 from ..hookspecs import hookimpl
 from ..models import BackendInfo, Capabilities, Chunk, HealthReport, Request, Result, Usage
 from ..settings import BackendSettings
 
-__all__ = ["Delay", "FakeBackend"]
+__all__ = ["Delay", "FailAfter", "FakeBackend"]
 
 
 @attrs.frozen(slots=True)
@@ -34,6 +37,17 @@ class Delay:
     then: Any = None
 
 
+@attrs.frozen(slots=True)
+class FailAfter:
+    """Stream *text* (word by word), then raise *error*; ``infer`` raises *error* at once.
+
+    Models a server that fails part-way, e.g. an error reported inside an HTTP 200 stream.
+    """
+
+    text: str
+    error: BaseException
+
+
 class FakeBackend:
     """A backend whose answers, delays, failures and health a test can script.
 
@@ -41,7 +55,9 @@ class FakeBackend:
         name: The backend name it registers under.
         reply: The default answer (``str`` or a callable ``Request -> str``).
         delay: Seconds every call sleeps before answering.
-        healthy: What ``health`` reports.
+        healthy: What ``health`` reports (``ready``).
+        reachable: ``health``'s ``reachable`` (``None``: same as ``healthy``);
+            ``healthy=False, reachable=True`` reports "up but not ready".
         calls: Every request received, in order.
         max_in_flight: The largest number of concurrent calls seen.
     """
@@ -61,6 +77,7 @@ class FakeBackend:
         self.reply = reply
         self.delay = delay
         self.healthy = healthy
+        self.reachable: bool | None = None
         self.capabilities = capabilities or Capabilities()
         self.settings_cls = settings_cls
         self.model = model
@@ -68,25 +85,49 @@ class FakeBackend:
         self.in_flight = 0
         self.max_in_flight = 0
         self._script: deque[Any] = deque()
+        self._always: Any = None
 
     def script(self, *outcomes: Any) -> FakeBackend:
-        """Queue outcomes for the next calls: ``str``, an exception, or ``Delay``."""
+        """Queue outcomes for the next calls: ``str``, an exception, ``Delay`` or ``FailAfter``."""
         self._script.extend(outcomes)
         return self
 
-    async def _outcome(self, request: Request) -> str:
+    def always(self, outcome: Any) -> FakeBackend:
+        """Take *outcome* on every call once the script is empty (``None``: answer ``reply`` again)."""
+        self._always = outcome
+        return self
+
+    async def _outcome(self, request: Request) -> str | FailAfter:
         self.calls.append(request)
-        outcome = self._script.popleft() if self._script else None
-        if self.delay:
-            await anyio.sleep(self.delay)
-        while isinstance(outcome, Delay):
-            await anyio.sleep(outcome.seconds)
-            outcome = outcome.then
+        limit = self.capabilities.max_images
+        if limit is not None and len(request.images) > limit:
+            raise BackendRejected(
+                f"{self.name} backend: at most {limit} image(s) per request, got {len(request.images)}",
+                backend=self.name,
+                hint="send fewer images per request",
+            )
+        outcome = self._script.popleft() if self._script else self._always
+        try:
+            with anyio.fail_after(request.timeout):
+                if self.delay:
+                    await anyio.sleep(self.delay)
+                while isinstance(outcome, Delay):
+                    await anyio.sleep(outcome.seconds)
+                    outcome = outcome.then
+        except TimeoutError:
+            raise BackendTimeout(
+                f"{self.name} backend: no answer within the request timeout of {request.timeout}s",
+                backend=self.name,
+            ) from None
         if isinstance(outcome, BaseException):
             raise outcome
-        if isinstance(outcome, str):
+        if isinstance(outcome, str | FailAfter):
             return outcome
         return self.reply(request) if callable(self.reply) else self.reply
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     @hookimpl
     def backend_info(self) -> BackendInfo:
@@ -100,24 +141,28 @@ class FakeBackend:
 
     @hookimpl
     async def health(self, ctx: BackendContext) -> HealthReport:
+        reachable = self.healthy if self.reachable is None else self.reachable
         return HealthReport(
             backend=ctx.name,
-            url=ctx.base_url,
-            reachable=self.healthy,
+            url=redact_url(ctx.base_url),
+            reachable=reachable,
             ready=self.healthy,
             models=(self.model,) if self.healthy else (),
-            detail=None if self.healthy else "fake backend scripted as down",
+            detail=None
+            if self.healthy
+            else f"fake backend scripted as {'not ready' if reachable else 'down'}",
             hint=None if self.healthy else "fake.healthy = True",
         )
 
     @hookimpl
     async def infer(self, ctx: BackendContext, request: Request) -> Result:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._enter()
         try:
             text = await self._outcome(request)
         finally:
             self.in_flight -= 1
+        if isinstance(text, FailAfter):
+            raise text.error
         return Result(
             text=text,
             backend=ctx.name,
@@ -130,12 +175,19 @@ class FakeBackend:
 
     @hookimpl
     async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
-        text = await self._outcome(request)
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            yield Chunk(text=word if i == 0 else " " + word, model=self.model)
-            await anyio.lowlevel.checkpoint()
-        n = len(words)
-        yield Chunk(
-            finish_reason="stop", usage=Usage(prompt_tokens=10, completion_tokens=n, total_tokens=10 + n)
-        )
+        self._enter()
+        try:
+            outcome = await self._outcome(request)
+            text = outcome.text if isinstance(outcome, FailAfter) else outcome
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                yield Chunk(text=word if i == 0 else " " + word, model=self.model)
+                await anyio.lowlevel.checkpoint()
+            if isinstance(outcome, FailAfter):
+                raise outcome.error
+            n = len(words)
+            yield Chunk(
+                finish_reason="stop", usage=Usage(prompt_tokens=10, completion_tokens=n, total_tokens=10 + n)
+            )
+        finally:
+            self.in_flight -= 1
