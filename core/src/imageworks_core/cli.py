@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose, getattr(args, "json_logs", False))
-    from .errors import BackendUnavailable, ConfigError, ImageWorksError, PluginError
+    from .errors import BackendUnavailable, ConfigError, ImageWorksError, InputError, PluginError
 
     try:
         from . import commands
@@ -240,9 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendUnavailable as exc:
         _err(exc.message, exc.hint)
         return EXIT_UNAVAILABLE
-    except (ConfigError, PluginError) as exc:
+    except (ConfigError, PluginError, InputError) as exc:
+        # per-image input errors never get here: an InputError here is about the arguments
         _err(exc.message, exc.hint)
         return EXIT_USAGE
+    except BrokenPipeError:  # `imageworks ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except ImageWorksError as exc:
         _err(exc.message, exc.hint)
         return EXIT_FAILED

@@ -21,7 +21,7 @@ import attrs
 from .client import Client
 from .discovery import iter_image_paths
 from .dispatch import Event
-from .errors import ImageWorksError, InputError
+from .errors import ImageWorksError, InputError, redact_url
 from .models import Request, Result
 from .outputs import (
     JsonlWriter,
@@ -106,7 +106,7 @@ def _work(
         if key in done:
             summary.skip(key, "already in the results file (--resume)")
             continue
-        if not opts.overwrite and _already_described(entry, opts):
+        if not opts.overwrite and not opts.resume and _already_described(entry, opts):
             summary.skip(key, "already has a description sidecar (use --overwrite)")
             continue
         yield Request(prompt=prompt_for(entry), images=(entry,), id=key)
@@ -161,14 +161,16 @@ async def _finish(
             error = InputError(
                 f"{result.id}: cannot write the sidecar: {exc.strerror or exc}", source=result.id
             )
-    ctx_url = client.context(result.backend).base_url if result.backend in client.registry.backends else None
+    sent = bool(result.attempts)  # an input error never reached a backend
+    known = sent and result.backend in client.registry.backends
+    ctx_url = redact_url(client.context(result.backend).base_url) if known else None
     writer.write(
         {
             "image": result.id,
             "prompt": prompt_for(image) if result.id and not result.id.startswith("#") else None,
             "template": template_name,
-            "backend": result.backend or None,
-            "model": result.model or None,
+            "backend": (result.backend or None) if sent else None,
+            "model": (result.model or None) if sent else None,
             "base_url": ctx_url,
             "description": result.text.strip() if error is None else None,
             "processing_time": round(result.latency, 4),

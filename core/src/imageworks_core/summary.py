@@ -55,8 +55,9 @@ class Summary:
         if result.error is None:
             self.ok.append(attrs.evolve(result, item=None))
         else:
-            self.failed.append((result.id or "?", _reason(result.error)))
-            if result.backend:
+            image = result.id or "?"
+            self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
+            if result.backend and result.attempts:  # input errors never reached a backend
                 self._failed_backends[result.backend] += 1
 
     def skip(self, image: str, why: str) -> None:
