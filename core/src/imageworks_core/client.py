@@ -13,6 +13,7 @@ per endpoint and one context per backend; nothing is shared between clients.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -217,8 +218,10 @@ class Client:
         Connection failures before the first chunk are retried and fall back
         like ``infer``; once text has been yielded, an error is raised as is.
         """
-        async for chunk in self.dispatcher.stream_one(request):
-            yield chunk
+        agen = self.dispatcher.stream_one(request)
+        async with contextlib.aclosing(agen):  # an abandoned stream frees its slot at once
+            async for chunk in agen:
+                yield chunk
 
     async def health(self, backend: str | None = None) -> HealthReport:
         """Health of *backend* (default: the configured one); never raises for "down"."""

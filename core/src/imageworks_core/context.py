@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .errors import redact_url
 from .models import BackendInfo
 from .settings import BackendSettings, Settings
 
@@ -62,7 +63,7 @@ class BackendContext:
     @property
     def hint(self) -> str:
         """How to start this backend's server (for "cannot connect" messages)."""
-        lines = [f"start the {self.name} server at {self.base_url}, e.g.:"]
+        lines = [f"start the {self.name} server at {redact_url(self.base_url)}, e.g.:"]
         lines += [f"    {h}" for h in self.info.launch_hints]
         lines.append(f"  or point imageworks elsewhere: --vlm-base-url URL / backends.{self.name}.base_url")
         return "\n".join(lines) if self.info.launch_hints else lines[-1].strip()

@@ -80,6 +80,8 @@ def extract_error_message(body: bytes | str | Any) -> str:
     """The message from an error body: ``error.message``, ``message``, ``detail``, ``error`` — or the text."""
     if isinstance(body, bytes | str):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        if text.lstrip().startswith("data:"):  # an error sent as one SSE event
+            text = text.lstrip()[5:].strip()
         try:
             obj = json.loads(text)
         except ValueError:
@@ -250,16 +252,27 @@ class HttpClient:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, method: str, path: str, *, body: bytes | None = None, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        timeout: float | None = None,
+        raise_for_status: bool = True,
     ) -> AsyncIterator[StreamResponse]:
-        """Open a streaming response; error statuses are raised before anything is yielded."""
+        """Open a streaming response.
+
+        Error statuses are raised (mapped onto the error tree) before anything is
+        yielded, unless *raise_for_status* is false: then the caller gets the
+        response whatever its status and reads the full error body itself.
+        """
         url = self.url(path)
         hdrs = {**self._json_headers, "Accept": "text/event-stream"} if body is not None else self._headers
         try:
             async with self.transport.stream(
                 method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             ) as resp:
-                if resp.status >= 400:
+                if resp.status >= 400 and raise_for_status:
                     data = await resp.read()
                     raise error_from_response(
                         resp.status, resp.headers, data, backend=self.backend, url=url, hint=self.hint
