@@ -21,7 +21,7 @@ import attrs
 from .client import Client
 from .discovery import iter_image_paths
 from .dispatch import Event
-from .errors import ImageWorksError, InputError, redact_url
+from .errors import BackendProtocolError, ImageWorksError, InputError, redact_url
 from .models import Request, Result
 from .outputs import (
     JsonlWriter,
@@ -151,6 +151,12 @@ async def _finish(
 ) -> None:
     image = Path(result.id or "")
     error = result.error
+    if error is None and not result.text.strip():
+        error = BackendProtocolError(
+            f"{result.backend} ({result.model}) answered with an empty description",
+            backend=result.backend,
+            hint="check the model and the prompt; raise --max-tokens if the answer was cut at the start",
+        )
     if error is None:
         record = _record(result, opts, metrics)
         try:

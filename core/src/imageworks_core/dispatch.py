@@ -281,13 +281,16 @@ class Dispatcher:
             last: BaseException | None = None
             for attempt in range(1, policy.max_attempts + 1):
                 yielded = False
+                # The slot is held across yields, so it is borrowed on behalf of this
+                # stream, not of the consumer's task (which may call infer meanwhile).
+                limiter, token = self.limiter(name), object()
+                await limiter.acquire_on_behalf_of(token)
                 try:
-                    async with self.limiter(name):
-                        agen = caller(ctx=ctx, request=req)
-                        async with contextlib.aclosing(agen):
-                            async for chunk in agen:
-                                yielded = True
-                                yield chunk
+                    agen = caller(ctx=ctx, request=req)
+                    async with contextlib.aclosing(agen):
+                        async for chunk in agen:
+                            yielded = True
+                            yield chunk
                     self.breaker(name).success()
                     return
                 except ImageWorksError as exc:
@@ -298,7 +301,9 @@ class Dispatcher:
                         self.breaker(name).failure()
                     if not is_retryable(exc) or attempt == policy.max_attempts:
                         break
-                    await sleep(backoff_delay(attempt, policy, exc))
+                finally:
+                    limiter.release_on_behalf_of(token)
+                await sleep(backoff_delay(attempt, policy, last))
             if last is not None:
                 failures.append((name, last))
         raise self._final_error(failures)

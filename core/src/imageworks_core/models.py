@@ -7,7 +7,7 @@ into JSON and back.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -25,6 +25,15 @@ __all__ = [
     "Result",
     "Usage",
 ]
+
+
+def _images(value: Iterable[Any]) -> tuple[PreparedImage, ...]:
+    # paths and bytes are allowed too: Client.map prepares them in worker threads
+    return tuple(value)
+
+
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _frozen_map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -111,7 +120,7 @@ class Request:
     """
 
     prompt: str | None = None
-    images: tuple[PreparedImage, ...] = attrs.field(default=(), converter=tuple)
+    images: tuple[PreparedImage, ...] = attrs.field(default=(), converter=_images)
     messages: tuple[Mapping[str, Any], ...] | None = None
     system: str | None = None
     model: str | None = None
@@ -119,7 +128,7 @@ class Request:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_map)
     timeout: float | None = None
     id: str | None = None

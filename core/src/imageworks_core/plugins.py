@@ -94,7 +94,7 @@ def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> Backend
         ok = {
             "sync": not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)),
             "coroutine": inspect.iscoroutinefunction(fn),
-            "asyncgen": inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn) is False,
+            "asyncgen": inspect.isasyncgenfunction(fn),
         }[kind]
         if not ok:
             want = {

@@ -41,6 +41,7 @@ class Summary:
         failed: ``(image, one-line reason)`` for each failure.
         skipped: ``(image, why)`` for each image not sent.
         planned: Images a dry run would send.
+        hints: What to do about the failures (each distinct hint once).
     """
 
     started: float = attrs.field(factory=time.monotonic)
@@ -49,6 +50,7 @@ class Summary:
     failed: list[tuple[str, str]] = attrs.Factory(list)
     skipped: list[tuple[str, str]] = attrs.Factory(list)
     planned: int = 0
+    hints: list[str] = attrs.Factory(list)
     _failed_backends: Counter[str] = attrs.Factory(Counter)
 
     def add(self, result: Result) -> None:
@@ -57,6 +59,9 @@ class Summary:
         else:
             image = result.id or "?"
             self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
+            hint = getattr(result.error, "hint", None)
+            if hint and hint not in self.hints:
+                self.hints.append(hint)
             if result.backend and result.attempts:  # input errors never reached a backend
                 self._failed_backends[result.backend] += 1
 
@@ -117,6 +122,8 @@ class Summary:
             lines += [f"  {image}: {reason}" for image, reason in self.failed[:50]]
             if len(self.failed) > 50:
                 lines.append(f"  ... and {len(self.failed) - 50} more (see the results JSONL)")
+            for hint in self.hints[:5]:
+                lines.append("hint: " + hint.replace("\n", "\n  "))
         return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ Each call takes the next scripted outcome (a string answers, an exception is
 raised, a ``Delay`` sleeps first, a ``FailAfter`` streams some text and then
 fails); when the script is empty it takes the ``always`` outcome if one is
 set, else it answers ``reply``.  A request's ``timeout`` is honoured like a
-transport would (``BackendTimeout``).  Every request is kept in ``calls``.
+transport would (``BackendTimeout``), and more images than
+``capabilities.max_images`` are refused (``BackendRejected``).  Every request
+is kept in ``calls``.
 """
 
 from __future__ import annotations
