@@ -197,7 +197,8 @@ def bad_run(tmp_path_factory: pytest.TempPathFactory, _faulty_session: Any) -> I
         records.setdefault(os.path.basename(record["image"]), []).append(record)
     lines = proc.stdout.splitlines()
     failed_at = lines.index("failed images:") if "failed images:" in lines else len(lines)
-    yield BadRun(proc, records, lines[failed_at + 1 :], requests, folder)
+    hints_at = lines.index("what to do:") if "what to do:" in lines else len(lines)
+    yield BadRun(proc, records, lines[failed_at + 1 : hints_at], requests, folder)
 
 
 def test_run_goes_on_and_exits_1(bad_run: BadRun) -> None:

@@ -23,6 +23,7 @@ import attrs
 from .errors import (
     BackendError,
     BackendRejected,
+    BackendTimeout,
     BackendUnavailable,
     ImageWorksError,
     InputError,
@@ -158,10 +159,17 @@ class Dispatcher:
                     )
                 t0 = time.monotonic()
                 try:
-                    async with self.limiter(name):
-                        result = await caller(ctx=ctx, request=req)
+                    with anyio.fail_after(max(0.0, deadline - t0)):
+                        async with self.limiter(name):
+                            result = await caller(ctx=ctx, request=req)
                 except ImageWorksError as exc:
                     last = exc
+                except TimeoutError:  # fail_after: the item's deadline ran out mid-try
+                    last = BackendTimeout(
+                        f"{name}: item {rid or '?'} ran out of its {policy.deadline:g}s deadline",
+                        backend=name,
+                        hint="raise retry.deadline, or lower the load on the server",
+                    )
                 except Exception as exc:
                     last = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
                 else:
@@ -301,6 +309,10 @@ class Dispatcher:
                         self.breaker(name).failure()
                     if not is_retryable(exc) or attempt == policy.max_attempts:
                         break
+                except Exception as exc:  # a plugin bug: same error type as infer gives
+                    raise PluginError(
+                        f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name
+                    ) from exc
                 finally:
                     limiter.release_on_behalf_of(token)
                 await sleep(backoff_delay(attempt, policy, last))
@@ -404,12 +416,21 @@ class Dispatcher:
                     workers.start_soon(one, seq, item)
                     seq += 1
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce)
-            try:
-                yield _Results(recv, window, ordered)
-            finally:
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                try:
+                    yield _Results(recv, window, ordered)
+                finally:
+                    tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # the consumer's own error (or the item iterator's) comes out as itself, not wrapped
+            inner: BaseException = group
+            while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+                inner = inner.exceptions[0]
+            if inner is group:
+                raise
+            raise inner from None
         if failure:
             raise failure[0]
 

@@ -122,8 +122,9 @@ class Summary:
             lines += [f"  {image}: {reason}" for image, reason in self.failed[:50]]
             if len(self.failed) > 50:
                 lines.append(f"  ... and {len(self.failed) - 50} more (see the results JSONL)")
-            for hint in self.hints[:5]:
-                lines.append("hint: " + hint.replace("\n", "\n  "))
+            if self.hints:
+                lines.append("what to do:")
+                lines += ["  - " + hint.replace("\n", "\n    ") for hint in self.hints[:5]]
         return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable
+from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
 
 __all__ = ["HttpResponse", "StreamResponse", "Timeouts", "Transport", "open_transport"]
 
@@ -77,7 +77,7 @@ class Transport(Protocol):
 
 def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
-    return BackendUnavailable(f"cannot connect to {url}: {reason}", url=url)
+    return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
 
 # ---------------------------------------------------------------- httpx
@@ -87,6 +87,7 @@ class _HttpxStream:
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
         self._resp = resp
         self._url = url
+        self._shown = redact_url(url)
         self._idle = idle
         self.status: int = resp.status_code
         self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
@@ -97,7 +98,9 @@ class _HttpxStream:
         try:
             return bytes(await self._resp.aread())
         except httpx.HTTPError as exc:
-            raise BackendProtocolError(f"response from {self._url} broke off: {exc}", url=self._url) from exc
+            raise BackendProtocolError(
+                f"response from {self._shown} broke off: {exc}", url=self._url
+            ) from exc
 
     async def lines(self) -> AsyncIterator[bytes]:
         import anyio
@@ -112,13 +115,13 @@ class _HttpxStream:
                 return
             except TimeoutError as exc:
                 raise BackendTimeout(
-                    f"stream from {self._url} went silent for {self._idle}s", url=self._url
+                    f"stream from {self._shown} went silent for {self._idle}s", url=self._url
                 ) from exc
             except httpx.TimeoutException as exc:
-                raise BackendTimeout(f"stream from {self._url} timed out: {exc}", url=self._url) from exc
+                raise BackendTimeout(f"stream from {self._shown} timed out: {exc}", url=self._url) from exc
             except httpx.HTTPError as exc:
                 raise BackendProtocolError(
-                    f"stream from {self._url} broke off: {exc or type(exc).__name__}",
+                    f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
                     url=self._url,
                     retryable=True,
                 ) from exc
@@ -153,7 +156,9 @@ class HttpxTransport:
                 method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
             )
         except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"{method} {url} timed out ({type(exc).__name__})", url=url) from exc
+            raise BackendTimeout(
+                f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
+            ) from exc
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise _unavailable(url, exc) from exc
         except httpx.HTTPError as exc:
@@ -171,7 +176,9 @@ class HttpxTransport:
         try:
             resp = await self._client.send(req, stream=True)
         except httpx.TimeoutException as exc:
-            raise BackendTimeout(f"{method} {url} timed out ({type(exc).__name__})", url=url) from exc
+            raise BackendTimeout(
+                f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
+            ) from exc
         except httpx.HTTPError as exc:
             raise _unavailable(url, exc) from exc
         try:
@@ -190,6 +197,7 @@ class _AiohttpStream:
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
         self._resp = resp
         self._url = url
+        self._shown = redact_url(url)
         self._idle = idle
         self.status: int = resp.status
         self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
@@ -200,7 +208,9 @@ class _AiohttpStream:
         try:
             return bytes(await self._resp.read())
         except (aiohttp.ClientError, OSError) as exc:
-            raise BackendProtocolError(f"response from {self._url} broke off: {exc}", url=self._url) from exc
+            raise BackendProtocolError(
+                f"response from {self._shown} broke off: {exc}", url=self._url
+            ) from exc
 
     async def lines(self) -> AsyncIterator[bytes]:
         import asyncio
@@ -214,11 +224,11 @@ class _AiohttpStream:
                     line = await content.readline()
             except TimeoutError as exc:
                 raise BackendTimeout(
-                    f"stream from {self._url} went silent for {self._idle}s", url=self._url
+                    f"stream from {self._shown} went silent for {self._idle}s", url=self._url
                 ) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise BackendProtocolError(
-                    f"stream from {self._url} broke off: {exc or type(exc).__name__}",
+                    f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
                     url=self._url,
                     retryable=True,
                 ) from exc
@@ -262,10 +272,10 @@ class AiohttpTransport:
                 data = await resp.read()
                 return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
         except TimeoutError as exc:
-            raise BackendTimeout(f"{method} {url} timed out", url=url) from exc
+            raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except aiohttp.ClientPayloadError as exc:
             raise BackendProtocolError(
-                f"response from {url} broke off: {exc}", url=url, retryable=True
+                f"response from {redact_url(url)} broke off: {exc}", url=url, retryable=True
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(url, exc) from exc
@@ -286,7 +296,7 @@ class AiohttpTransport:
             )
             resp = await cm.__aenter__()
         except TimeoutError as exc:
-            raise BackendTimeout(f"{method} {url} timed out", url=url) from exc
+            raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(url, exc) from exc
         try:
