@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import PROMPT, PeerResult, jpeg_bytes  # noqa: E402
+from peers import PROMPT, PeerResult, jpeg_bytes
 
 
 def run_ours(base_url: str, n: int, c: int, *, warmup: int = 0, deadline_s: float = 300.0) -> PeerResult:
@@ -34,7 +34,9 @@ def run_ours(base_url: str, n: int, c: int, *, warmup: int = 0, deadline_s: floa
 
     async def main() -> PeerResult:
         overrides = {"concurrency": c, "backends": {"openai": {"base_url": api, "model": "fake-vlm"}}}
-        async with Client(backend="openai", overrides=overrides, user_file=False, project_file=False) as client:
+        async with Client(
+            backend="openai", overrides=overrides, user_file=False, project_file=False
+        ) as client:
             if warmup:
                 async with client.map(items(warmup, 10_000_000), concurrency=c) as results:
                     async for _ in results:

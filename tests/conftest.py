@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from servers import faulty_openai
 from servers._proc import ServerProcess, free_port, python_argv
 
@@ -78,7 +77,9 @@ class Faulty:
 def _faulty_session() -> Iterator[Faulty]:
     port = free_port()
     argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(port))
-    with ServerProcess(argv, ready_url=f"http://127.0.0.1:{port}/health", name="faulty", ready_timeout=30) as proc:
+    with ServerProcess(
+        argv, ready_url=f"http://127.0.0.1:{port}/health", name="faulty", ready_timeout=30
+    ) as proc:
         yield Faulty(f"http://127.0.0.1:{port}", proc)
 
 

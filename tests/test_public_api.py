@@ -25,7 +25,6 @@ from imageworks_core.serialize import from_json_dict, to_json_dict
 from imageworks_core.testing import Delay, FakeBackend
 
 
-
 def _jpeg() -> bytes:
     import io
 
@@ -53,13 +52,21 @@ def test_import_is_light() -> None:
         "heavy = [m for m in ('PIL', 'aiohttp', 'httpx', 'rich', 'cattrs', 'anyio') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""
 
 
 def _client(*plugins: FakeBackend, **kw) -> Client:
-    return Client(plugins=plugins, entry_points=False, user_file=False, project_file=False,
-                  backend=plugins[0].name, **kw)
+    return Client(
+        plugins=plugins,
+        entry_points=False,
+        user_file=False,
+        project_file=False,
+        backend=plugins[0].name,
+        **kw,
+    )
 
 
 @pytest.mark.anyio
@@ -116,7 +123,9 @@ async def test_cancelling_an_infer_is_clean(anyio_backend: str) -> None:
 
 
 def test_serialisation_round_trip() -> None:
-    err = BackendUnavailable("cannot connect", backend="vllm", url="http://u:p@h:8000/v1?k=1", hint="start it")
+    err = BackendUnavailable(
+        "cannot connect", backend="vllm", url="http://u:p@h:8000/v1?k=1", hint="start it"
+    )
     result = Result(text="t", backend="vllm", model="m", usage=Usage(1, 2, 3), error=err, item=object())
     data = to_json_dict(result)
     assert "item" not in data

@@ -63,8 +63,10 @@ def test_in_process_plugin_is_found_by_name() -> None:
     client = Client(plugins=[fake], entry_points=False, user_file=False, project_file=False, backend="mine")
     assert client.registry.get("mine").plugin is fake
     assert client.settings.backend == "mine"
-    assert isinstance(Client(entry_points=True, user_file=False, project_file=False).registry.get("openai").plugin,
-                      OpenAIBackend)
+    assert isinstance(
+        Client(entry_points=True, user_file=False, project_file=False).registry.get("openai").plugin,
+        OpenAIBackend,
+    )
 
 
 def test_unknown_backend_names_installed_ones() -> None:
@@ -84,8 +86,9 @@ def test_each_request_reaches_exactly_one_backend() -> None:
     from imageworks_core import Request
 
     async def main() -> tuple[str, str]:
-        async with Client(plugins=[a, b], entry_points=False, user_file=False, project_file=False,
-                          backend="a") as client:
+        async with Client(
+            plugins=[a, b], entry_points=False, user_file=False, project_file=False, backend="a"
+        ) as client:
             ra = await client.infer(Request(prompt="x"))
             rb = await client.infer(Request(prompt="x", backend="b"))
             return ra.text, rb.text
@@ -156,7 +159,8 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "iw_importfail": "import this_module_does_not_exist_anywhere\n",
             "iw_nohooks": "plugin = object()\n",
             "iw_wrongname": GOOD.replace('FakeBackend("goodone")', 'FakeBackend("othername")'),
-            "iw_syncinfer": textwrap.dedent(GOOD) + textwrap.dedent(
+            "iw_syncinfer": textwrap.dedent(GOOD)
+            + textwrap.dedent(
                 """
                 class Sync(FakeBackend):
                     @hookimpl
@@ -210,7 +214,9 @@ def test_allow_and_deny_lists(broken_site: Path, monkeypatch: pytest.MonkeyPatch
     assert set(BackendRegistry(strict=True).backends) == {"openai"}
 
 
-def test_cli_lists_broken_plugins_and_keeps_working(broken_site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_lists_broken_plugins_and_keeps_working(
+    broken_site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from imageworks_core.cli import main

@@ -23,23 +23,39 @@ def test_secret_hides_itself() -> None:
 
 
 @pytest.mark.anyio
-async def test_key_from_env_is_sent_but_never_shown(faulty, monkeypatch: pytest.MonkeyPatch,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_key_from_env_is_sent_but_never_shown(
+    faulty, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("MY_VLM_KEY", KEY)
-    faulty.script([
-        {"match": {"headers": {"Authorization": f"Bearer {KEY}"}}, "fault": "status", "status": 401,
-         "body": {"error": {"message": "Unauthorized: key accepted but model locked"}}},
-    ])
+    faulty.script(
+        [
+            {
+                "match": {"headers": {"Authorization": f"Bearer {KEY}"}},
+                "fault": "status",
+                "status": 401,
+                "body": {"error": {"message": "Unauthorized: key accepted but model locked"}},
+            },
+        ]
+    )
     caplog.set_level(logging.DEBUG, logger="imageworks")
-    overrides = {"backends": {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key_env": "MY_VLM_KEY"}}}
+    overrides = {
+        "backends": {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key_env": "MY_VLM_KEY"}}
+    }
     async with Client(backend="openai", overrides=overrides, user_file=False, project_file=False) as client:
         with pytest.raises(Exception) as err:
             await client.infer(Request(prompt="hello"))
         # the key was sent (the server's rule matched on it) ...
         assert "key accepted" in str(err.value)
         # ... and shows nowhere
-        texts = [str(err.value), repr(err.value), repr(client), repr(client.settings), repr(client.config),
-                 caplog.text, str(client.config.rows())]
+        texts = [
+            str(err.value),
+            repr(err.value),
+            repr(client),
+            repr(client.settings),
+            repr(client.config),
+            caplog.text,
+            str(client.config.rows()),
+        ]
         assert all(KEY not in t for t in texts)
 
 
@@ -63,10 +79,19 @@ async def test_key_in_config_file_is_redacted(tmp_path: Path, caplog: pytest.Log
 def test_config_show_never_prints_the_key(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(f'[tool.imageworks.backends.openai]\napi_key = "{KEY}"\n')
     env = {"PATH": "/usr/bin:/bin", "MY_VLM_KEY": KEY, "IMAGEWORKS_CONFIG_FILE": str(tmp_path / "none.toml")}
-    for args in (["config", "show"], ["config", "show", "--json"],
-                 ["config", "show", "--vlm-backend", "openai", "--vlm-api-key-env", "MY_VLM_KEY"]):
-        proc = subprocess.run([sys.executable, "-m", "imageworks_core.cli", *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60, env=env)
+    for args in (
+        ["config", "show"],
+        ["config", "show", "--json"],
+        ["config", "show", "--vlm-backend", "openai", "--vlm-api-key-env", "MY_VLM_KEY"],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "imageworks_core.cli", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr
         assert KEY not in proc.stdout and KEY not in proc.stderr
         assert "***" in proc.stdout or "MY_VLM_KEY (set)" in proc.stdout

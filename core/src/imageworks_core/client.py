@@ -90,6 +90,7 @@ class Client:
         self._env = os.environ if env is None else env
         self._config: Config | None = None
         self._contexts: dict[str, BackendContext] = {}
+        self._retired: list[BackendContext] = []
         self._pools: dict[tuple[str, str, int], Transport] = {}
         self._dispatcher: Any = None
         self._closed = False
@@ -116,6 +117,22 @@ class Client:
                     settings_classes=classes, flags=self._flags, unavailable=unavailable, **self._load_args
                 )
         return self._config
+
+    def use_backend(self, name: str) -> None:
+        """Make *name* the backend for requests that name none, and re-resolve the configuration.
+
+        Used by ``--vlm-backend auto`` once it has picked a backend: flags such as
+        ``--vlm-model`` then apply to that backend.  Contexts made so far are kept
+        for closing and rebuilt on next use.
+        """
+        self.registry.get(name)
+        self._flags["backend"] = name
+        if self._settings_given is not None:
+            self._settings_given = attrs.evolve(self._settings_given, backend=name)
+        self._config = None
+        self._retired.extend(self._contexts.values())
+        self._contexts.clear()
+        self._dispatcher = None
 
     @staticmethod
     def _complete(settings: Settings, classes: Mapping[str, type]) -> Settings:
@@ -270,7 +287,7 @@ class Client:
 
         self._closed = True
         with anyio.CancelScope(shield=True):
-            for ctx in self._contexts.values():
+            for ctx in [*self._retired, *self._contexts.values()]:
                 try:
                     await ctx.aclose()
                 except Exception:
@@ -278,6 +295,7 @@ class Client:
             for pool in self._pools.values():
                 await pool.aclose()
         self._contexts.clear()
+        self._retired.clear()
         self._pools.clear()
 
     def __repr__(self) -> str:

@@ -212,7 +212,8 @@ def _env_layers(env: Mapping[str, str], backend_names: Iterable[str]) -> list[_L
             raise ConfigError(
                 f"unknown environment variable {var}; did you mean {close[0]}?",
                 source=f"env {var}",
-                hint="known: " + ", ".join(sorted(known))
+                hint="known: "
+                + ", ".join(sorted(known))
                 + ", IMAGEWORKS_BACKENDS__<NAME>__<KEY>, IMAGEWORKS_RETRY__<KEY>",
             )
     layers = []
@@ -411,7 +412,9 @@ def _resolve(
     chosen = settings.backend
     for layer in layers:  # pass 2, in layer order: "selected" keys, then the layer's own backend keys
         target = layer.legacy_backend or chosen
-        for k, v in layer.selected.items():
+        # with backend "auto" these wait for the backend auto picks (Client.use_backend re-resolves)
+        selected = {} if target == "auto" else layer.selected
+        for k, v in selected.items():
             if k not in _SELECTED_KEYS:
                 raise ConfigError(f"unknown key {k!r}", source=layer.source, key=k)
             put(backends.setdefault(target, {}), k, v, layer)
