@@ -9,14 +9,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
 import attrs
 
 from .client import Client
-from .errors import BackendUnavailable, InputError
+from .dispatch import unwrap_group
+from .errors import InputError
 from .plugins import BackendRegistry
 from .serialize import to_json_dict
 
@@ -153,6 +153,15 @@ def config_show(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+async def _count_images(paths: tuple[str, ...], progress: Any) -> None:
+    from .discovery import iter_image_paths
+
+    def count() -> int:
+        return sum(1 for _ in iter_image_paths(paths))
+
+    progress.set_total(await anyio.to_thread.run_sync(count, abandon_on_cancel=True))
+
+
 def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace], Client]) -> int:
     from .describe import DescribeOptions, run_describe
     from .progress import Progress
@@ -196,7 +205,20 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
 
                 await choose_backend(client)
             with progress:
-                return await run_describe(client, opts, on_event=progress.on_event)
+                if not progress.enabled:
+                    return await run_describe(client, opts, on_event=progress.on_event)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        # count the images beside the run, for the bar's total and ETA
+                        tg.start_soon(_count_images, opts.paths, progress)
+                        summary = await run_describe(client, opts, on_event=progress.on_event)
+                        tg.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    inner = unwrap_group(group)
+                    if inner is group:
+                        raise
+                    raise inner from None
+                return summary
 
     summary = anyio.run(job)
     if args.json_logs:
@@ -204,7 +226,3 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
     else:
         print(summary.render(), file=sys.stderr if args.stream else sys.stdout)
     return 1 if summary.failed else 0
-
-
-def _unused(_: Path) -> BackendUnavailable:  # pragma: no cover - keeps imports explicit for type checkers
-    raise NotImplementedError

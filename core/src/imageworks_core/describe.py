@@ -21,8 +21,8 @@ import attrs
 from .client import Client
 from .discovery import iter_image_paths
 from .dispatch import Event
-from .errors import BackendProtocolError, ImageWorksError, InputError, redact_url
-from .models import Request, Result
+from .errors import BackendError, BackendProtocolError, ImageWorksError, InputError, PluginError, redact_url
+from .models import Attempt, Request, Result, Usage
 from .outputs import (
     JsonlWriter,
     NarrationRecord,
@@ -90,12 +90,7 @@ def _already_described(image: Path, opts: DescribeOptions) -> bool:
 
 
 def _work(
-    opts: DescribeOptions,
-    summary: Summary,
-    done: set[str],
-    metrics: Mapping[str, Any] | None,
-    template_name: str,
-    prompt_for: Callable[[Path], str],
+    opts: DescribeOptions, summary: Summary, done: set[str], prompt_for: Callable[[Path], str]
 ) -> Iterator[Any]:
     """Lazily yield map items: a ``Request`` per image to do, ``InputError`` per bad input."""
     for entry in iter_image_paths(opts.paths):
@@ -213,7 +208,7 @@ async def run_describe(
 
     done = completed_images(opts.output) if opts.resume else set()
     summary = Summary(started=time.monotonic())
-    items = _work(opts, summary, done, metrics, template_name, prompt_for)
+    items = _work(opts, summary, done, prompt_for)
     if opts.dry_run:
         order = " -> ".join(client.backend_order())
         print(f"dry run: backends {order}; results would go to {opts.output}", file=out)
@@ -256,22 +251,18 @@ async def _run_streaming(
     """``--stream``: one image at a time, tokens printed as they arrive."""
     from .images import aprepare_image
 
+    backend = client.settings.backend
     for item in items:
-        async with client.map([item], concurrency=1) as prepared_only:  # errors for bad inputs
-            if isinstance(item, InputError):
-                async for result in prepared_only:
-                    await _finish(result, **finish)
-                continue
+        if isinstance(item, InputError):
+            await _finish(Result(backend=backend, id=item.source, error=item), **finish)
+            continue
         start = time.monotonic()
         text: list[str] = []
+        model, usage = "", None
         try:
             image = await aprepare_image(item.images[0], max_pixels=client.settings.max_pixels)
-            request = attrs.evolve(item, images=(image,))
             print(f"\n== {item.id}", file=out)
-            model = ""
-            usage = None
-            backend = client.settings.backend
-            async for chunk in client.stream(request):
+            async for chunk in client.stream(attrs.evolve(item, images=(image,))):
                 text.append(chunk.text)
                 model = chunk.model or model
                 usage = chunk.usage or usage
@@ -281,12 +272,21 @@ async def _run_streaming(
                 text="".join(text),
                 backend=backend,
                 model=model,
-                usage=usage or Result().usage,
+                usage=usage or Usage(),
                 latency=time.monotonic() - start,
+                attempts=(Attempt(backend=backend, latency=time.monotonic() - start),),
                 id=item.id,
             )
         except ImageWorksError as exc:
+            took = time.monotonic() - start
+            tried = (
+                Attempt(backend, took, _one_line(exc), type(exc).__name__, getattr(exc, "status", None)),
+            )
             result = Result(
-                backend=client.settings.backend, latency=time.monotonic() - start, id=item.id, error=exc
+                backend=backend,
+                latency=took,
+                id=item.id,
+                error=exc,
+                attempts=tried if isinstance(exc, BackendError | PluginError) else (),
             )
         await _finish(result, **finish)

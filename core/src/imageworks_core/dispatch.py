@@ -147,20 +147,15 @@ class Dispatcher:
                 on_event(Event("fallback", rid, backend=name, error=failures[-1][1]))
             last: BaseException | None = None
             for attempt in range(1, policy.max_attempts + 1):
-                if on_event:
-                    on_event(
-                        Event(
-                            "started" if attempt == 1 else "retry",
-                            rid,
-                            backend=name,
-                            attempt=attempt,
-                            error=last,
-                        )
-                    )
                 t0 = time.monotonic()
                 try:
                     with anyio.fail_after(max(0.0, deadline - t0)):
                         async with self.limiter(name):
+                            # "started" once the backend's slot is ours: in flight means in flight
+                            t0 = time.monotonic()
+                            if on_event:
+                                kind = "started" if attempt == 1 else "retry"
+                                on_event(Event(kind, rid, backend=name, attempt=attempt, error=last))
                             result = await caller(ctx=ctx, request=req)
                 except ImageWorksError as exc:
                     last = exc
@@ -425,9 +420,7 @@ class Dispatcher:
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # the consumer's own error (or the item iterator's) comes out as itself, not wrapped
-            inner: BaseException = group
-            while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-                inner = inner.exceptions[0]
+            inner = unwrap_group(group)
             if inner is group:
                 raise
             raise inner from None
@@ -481,6 +474,14 @@ class Dispatcher:
             f"cannot use an item of type {type(item).__name__}",
             hint="pass image paths, bytes, PreparedImage or Request objects",
         )
+
+
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside nested single-exception groups, else the group itself."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
 
 
 def _identity(item: Any, seq: int) -> str:

@@ -22,6 +22,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.in_flight = 0
+        self._active: set[str] = set()
         self.total: int | None = None
         self._bar: Any = None
         self._task: Any = None
@@ -65,17 +66,17 @@ class Progress:
             self._bar.update(self._task, total=total)
 
     def on_event(self, event: Event) -> None:
-        if event.kind == "started":
-            self.in_flight += 1
+        if event.kind in ("started", "retry", "fallback"):
+            self._active.add(event.id)
         elif event.kind == "done":
             self.done += 1
-            self.in_flight = max(0, self.in_flight - 1)
+            self._active.discard(event.id)
         elif event.kind == "failed":
             self.failed += 1
-            if event.attempt is not None or (event.result is not None and event.result.attempts):
-                self.in_flight = max(0, self.in_flight - 1)
+            self._active.discard(event.id)
         else:
             return
+        self.in_flight = len(self._active)
         if self._bar is not None:
             self._refresh()
 
