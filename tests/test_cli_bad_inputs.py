@@ -15,7 +15,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import attrs
 import pytest
+from cli_helpers import backend_args, read_jsonl, run_cli, show
 from PIL import Image
 
 NON_UTF8 = os.fsdecode(b"caf\xe9 \xff.jpg")  # Latin-1 bytes: not valid UTF-8
@@ -30,44 +30,6 @@ SPACED = "with  two spaces & more.jpg"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEWORKS_")}
-    env.update(
-        IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
-        IMAGEWORKS_TESTING="1",
-        PYTHONIOENCODING="utf-8",
-    )
-    env.update(extra)
-    return env
-
-
-def run_cli(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "imageworks_core.cli", *args],
-        cwd=cwd,
-        env=cli_env(cwd),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-        timeout=timeout,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def show(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def backend_args(faulty: Any) -> list[str]:
-    return ["--vlm-backend", "openai", "--vlm-base-url", faulty.v1, "--vlm-model", "fake-vlm"]
 
 
 def jpeg_bytes(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 120, 40)) -> bytes:

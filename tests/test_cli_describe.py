@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
 
@@ -49,53 +49,6 @@ CN = "{http://imageworks.ai/color-narrator/1.0/}"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
-    """The environment of a CLI run: no config file, no IMAGEWORKS_* from outside, no retry sleeps."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEWORKS_")}
-    env.update(
-        IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
-        IMAGEWORKS_TESTING="1",
-        PYTHONUNBUFFERED="1",
-        PYTHONIOENCODING="utf-8",
-    )
-    env.update(extra)
-    return env
-
-
-def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "imageworks_core.cli", *args]
-
-
-def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        cli_argv(*args),
-        cwd=cwd,
-        env=cli_env(cwd, **env),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def show(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete record (a line cut short by a kill is skipped)."""
-    records = []
-    for line in path.read_bytes().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def copy_samples(folder: Path) -> list[Path]:
@@ -166,7 +119,7 @@ def installed_backends() -> frozenset[str]:
 def check_results(
     out: Path, photos: Sequence[Path], *, backend: str, base_url: str, model_id: str, template: str
 ) -> dict[str, dict[str, Any]]:
-    records = read_jsonl(out)
+    records = read_jsonl(out, skip_broken=True)
     assert len(records) == len(photos), records
     found = {}
     for r in records:
@@ -249,7 +202,7 @@ def test_describe_folder_against_real_server(tmp_path: Path, hf_server: Any, bac
     )
     assert again.returncode == 0, show(again)
     assert f"0 ok, 0 failed, {len(photos)} skipped" in again.stdout, show(again)
-    assert len(read_jsonl(tmp_path / "results.jsonl")) == len(photos)
+    assert len(read_jsonl(tmp_path / "results.jsonl", skip_broken=True)) == len(photos)
 
 
 @pytest.mark.server
@@ -321,7 +274,7 @@ def test_stream_against_real_server(tmp_path: Path, hf_server: Any) -> None:
         "stream.jsonl",
     )
     assert proc.returncode == 0, show(proc)
-    [record] = read_jsonl(tmp_path / "stream.jsonl")
+    [record] = read_jsonl(tmp_path / "stream.jsonl", skip_broken=True)
     assert record["error"] is None and record["description"], record
     assert f"== photos/{photo.name}" in proc.stdout
     assert record["description"] in proc.stdout
@@ -408,7 +361,7 @@ def test_resume_after_killed_run(tmp_path: Path, faulty: Any) -> None:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and len(read_jsonl(out)) >= 4:
+            if out.exists() and len(read_jsonl(out, skip_broken=True)) >= 4:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()!r}"
@@ -422,7 +375,7 @@ def test_resume_after_killed_run(tmp_path: Path, faulty: Any) -> None:
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
 
-    first = read_jsonl(out)
+    first = read_jsonl(out, skip_broken=True)
     done = {Path(r["image"]).stem for r in first if r["error"] is None}
     # As if the kill had landed mid-write: a cut-off last line, which readers must skip.
     with out.open("ab") as fh:
@@ -440,7 +393,7 @@ def test_resume_after_killed_run(tmp_path: Path, faulty: Any) -> None:
     assert len(resumed_ids) == count - len(done)
     assert set(resumed_ids) == {p.stem for p in photos} - done
 
-    final = read_jsonl(out)
+    final = read_jsonl(out, skip_broken=True)
     assert len(out.read_bytes().splitlines()) == len(final) + 1  # only the cut-off line is unreadable
     ok = [Path(r["image"]).stem for r in final if r["error"] is None]
     assert sorted(ok) == sorted(p.stem for p in photos)  # every image exactly once
@@ -470,7 +423,7 @@ def test_xmp_escaping_through_the_pipeline(tmp_path: Path, faulty: Any) -> None:
         "fake-vlm",
     )
     assert proc.returncode == 0, show(proc)
-    [record] = read_jsonl(tmp_path / "imageworks-results.jsonl")  # the default --output
+    [record] = read_jsonl(tmp_path / "imageworks-results.jsonl", skip_broken=True)  # the default --output
     assert record["description"] == NASTY  # the JSONL keeps the answer as given
     xmp = photo.with_suffix(".xmp")
     clean = '</x:xmpmeta> & "quotes" <b>'  # U+0001 cannot be carried by XML 1.0
@@ -511,7 +464,7 @@ def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: An
 
     proc = run_cli(tmp_path, "describe", "w", "--output", "r.jsonl", *common)
     assert proc.returncode == 1, show(proc)
-    recs = by_name(read_jsonl(tmp_path / "r.jsonl"))
+    recs = by_name(read_jsonl(tmp_path / "r.jsonl", skip_broken=True))
     assert {k: len(v) for k, v in recs.items()} == {p.name: 1 for p in (a, b, c, d)}
     assert recs[a.name][0]["error"] is None and recs[d.name][0]["error"] is None
     err_b, err_c = recs[b.name][0]["error"], recs[c.name][0]["error"]
@@ -544,7 +497,7 @@ def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: An
     proc = run_cli(tmp_path, "describe", "w", "--output", "r.jsonl", "--resume", *common)
     assert proc.returncode == 0, show(proc)
     assert len(chat_requests(faulty)) == 2
-    final = read_jsonl(tmp_path / "r.jsonl")
+    final = read_jsonl(tmp_path / "r.jsonl", skip_broken=True)
     ok = sorted(Path(r["image"]).name for r in final if r["error"] is None)
     assert ok == sorted(p.name for p in (a, b, c, d))
 
@@ -576,7 +529,7 @@ async def test_run_describe_python_api(tmp_path: Path, faulty: Any) -> None:
     assert len(summary.ok) == 3 and len(summary.failed) == 1
     [(image, reason)] = summary.failed
     assert image.endswith("empty.jpg") and "file is empty" in reason
-    records = by_name(read_jsonl(out))
+    records = by_name(read_jsonl(out, skip_broken=True))
     assert {k: len(v) for k, v in records.items()} == {**{p.name: 1 for p in photos}, "empty.jpg": 1}
     for photo in photos:
         assert records[photo.name][0]["description"].endswith("A grey cat on a sofa.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import backend_args, cli_env, read_jsonl, run_cli, show
 from PIL import Image
 from servers._proc import free_port
 
@@ -22,44 +22,6 @@ SECRET = "sk-imageworks-test-SECRET-4c1d9e"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEWORKS_")}
-    env.update(
-        IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
-        IMAGEWORKS_TESTING="1",
-        PYTHONIOENCODING="utf-8",
-    )
-    env.update(extra)
-    return env
-
-
-def run_cli(cwd: Path, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "imageworks_core.cli", *args],
-        cwd=cwd,
-        env=cli_env(cwd, **env),
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def show(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def backend_args(faulty: Any) -> list[str]:
-    return ["--vlm-backend", "openai", "--vlm-base-url", faulty.v1, "--vlm-model", "fake-vlm"]
 
 
 def write_jpeg(path: Path) -> Path:

@@ -15,6 +15,7 @@ logging.getLogger("imageworks").addHandler(logging.NullHandler())
 
 __all__ = [
     "Attempt",
+    "BackendBase",
     "BackendContext",
     "BackendError",
     "BackendInfo",
@@ -52,6 +53,7 @@ __all__ = [
 
 _WHERE = {
     "Attempt": "models",
+    "BackendBase": "base",
     "BackendContext": "context",
     "BackendError": "errors",
     "BackendInfo": "models",
@@ -102,6 +104,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .base import BackendBase
     from .client import Client
     from .config import Config
     from .context import BackendContext

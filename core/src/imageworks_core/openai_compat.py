@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from .base import BackendBase
 from .context import BackendContext
 from .errors import (
     BackendError,
@@ -26,8 +27,8 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .http import error_from_response, extract_error_message, iter_sse_data
-from .models import BackendInfo, Capabilities, Chunk, HealthReport, PreparedImage, Request, Result, Usage
-from .settings import BackendSettings, split_api_base
+from .models import Chunk, HealthReport, PreparedImage, Request, Result, Usage
+from .settings import split_api_base
 
 __all__ = ["OpenAICompatBackend", "usage_from"]
 
@@ -64,32 +65,16 @@ def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str, where: str)
     )
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(BackendBase):
     """Base class of OpenAI-compatible backends (chat completions with data-URL images)."""
 
     name: ClassVar[str] = "openai"
     description: ClassVar[str] = "Any OpenAI-compatible server"
     default_base_url: ClassVar[str] = "http://localhost:8000/v1"
-    capabilities: ClassVar[Capabilities] = Capabilities()
-    settings_cls: ClassVar[type[BackendSettings]] = BackendSettings
-    launch_hints: ClassVar[tuple[str, ...]] = ()
-    docs_url: ClassVar[str | None] = None
     #: Append ``/v1`` to a base URL given without it (servers known to serve ``/v1``).
     force_v1: ClassVar[bool] = True
 
     # ------------------------------------------------------------ hooks
-
-    @hookimpl
-    def backend_info(self) -> BackendInfo:
-        return BackendInfo(
-            name=self.name,
-            description=self.description,
-            default_base_url=self.default_base_url,
-            capabilities=self.capabilities,
-            settings_cls=self.settings_cls,
-            launch_hints=self.launch_hints,
-            docs_url=self.docs_url,
-        )
 
     @hookimpl
     async def health(self, ctx: BackendContext) -> HealthReport:

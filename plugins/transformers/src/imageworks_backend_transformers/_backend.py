@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 
 from imageworks_core import (
+    BackendBase,
     BackendContext,
-    BackendInfo,
     BackendTimeout,
     Capabilities,
     Chunk,
@@ -85,7 +85,7 @@ class _State:
             stop.set()
 
 
-class TransformersBackend:
+class TransformersBackend(BackendBase):
     """Hugging Face transformers, in-process (no server)."""
 
     name = "transformers"
@@ -104,18 +104,6 @@ class TransformersBackend:
     docs_url = "plugins/transformers/README.md"
 
     # ------------------------------------------------------------ hooks
-
-    @hookimpl
-    def backend_info(self) -> BackendInfo:
-        return BackendInfo(
-            name=self.name,
-            description=self.description,
-            default_base_url=self.default_base_url,
-            capabilities=self.capabilities,
-            settings_cls=self.settings_cls,
-            launch_hints=self.launch_hints,
-            docs_url=self.docs_url,
-        )
 
     @hookimpl
     async def health(self, ctx: BackendContext) -> HealthReport:

@@ -1,0 +1,68 @@
+"""Running the ``imageworks`` command in tests: a clean environment, no tracebacks allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
+    """The environment of a CLI run: no config file, no IMAGEWORKS_* from outside, no retry sleeps."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEWORKS_")}
+    env.update(
+        IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
+        IMAGEWORKS_TESTING="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONIOENCODING="utf-8",
+    )
+    env.update(extra)
+    return env
+
+
+def cli_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imageworks_core.cli", *args]
+
+
+def run_cli(
+    cwd: Path, *args: str, timeout: float = 120, errors: str = "surrogateescape", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in *cwd*; fails the test if it printed a traceback."""
+    proc = subprocess.run(
+        cli_argv(*args),
+        cwd=cwd,
+        env=cli_env(cwd, **env),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors=errors,
+        timeout=timeout,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def show(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+def read_jsonl(path: Path, *, skip_broken: bool = False) -> list[dict[str, Any]]:
+    """Every record; with *skip_broken*, a line cut short by a kill is skipped instead of failing."""
+    records = []
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if not skip_broken:
+                raise
+    return records
+
+
+def backend_args(faulty: Any) -> list[str]:
+    """Flags pointing the generic backend at the fault server."""
+    return ["--vlm-backend", "openai", "--vlm-base-url", faulty.v1, "--vlm-model", "fake-vlm"]
