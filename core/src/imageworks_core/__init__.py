@@ -48,6 +48,7 @@ __all__ = [
     "hookimpl",
     "iter_image_paths",
     "prepare_image",
+    "prometheus_samples",
     "set_testing",
 ]
 
@@ -86,6 +87,7 @@ _WHERE = {
     "hookimpl": "hookspecs",
     "iter_image_paths": "discovery",
     "prepare_image": "images",
+    "prometheus_samples": "metrics",
     "set_testing": "retry",
 }
 
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
     )
     from .hookspecs import hookimpl
     from .images import aprepare_image, prepare_image
+    from .metrics import prometheus_samples
     from .models import (
         Attempt,
         BackendInfo,

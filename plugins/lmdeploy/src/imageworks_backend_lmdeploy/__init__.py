@@ -24,7 +24,6 @@ it cannot decode with a 32x32 dummy (see the README: upgrade the server).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +44,7 @@ from imageworks_core import (
 )
 from imageworks_core.errors import redact_url
 from imageworks_core.http import extract_error_message
+from imageworks_core.metrics import prometheus_samples
 
 __all__ = ["LmdeployBackend", "LmdeploySettings", "parse_metrics", "plugin"]
 
@@ -138,27 +138,8 @@ def parse_metrics(text: str) -> dict[str, float]:
     ``kv_cache_usage`` (the highest), for whichever of them the text holds.
     """
     found: dict[str, list[float]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "{" in line:
-            name = line[: line.index("{")]
-            rest = line[line.rfind("}") + 1 :]
-        else:
-            name, _, rest = line.partition(" ")
-        key = METRICS.get(name.strip())
-        if key is None:
-            continue
-        fields = rest.split()
-        if not fields:
-            continue
-        try:
-            value = float(fields[0])
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            found.setdefault(key, []).append(value)
+    for name, values in prometheus_samples(text, METRICS).items():
+        found.setdefault(METRICS[name], []).extend(values)
     return {key: (max(values) if key == "kv_cache_usage" else sum(values)) for key, values in found.items()}
 
 
