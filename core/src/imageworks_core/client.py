@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -241,22 +242,27 @@ class Client:
                 yield chunk
 
     async def health(self, backend: str | None = None) -> HealthReport:
-        """Health of *backend* (default: the configured one); never raises for "down"."""
+        """Health of *backend* (default: the configured one); never raises for "down".
+
+        The check is timed here, and an error the plugin raises becomes a
+        not-ready report (reachable when the server answered with a status).
+        """
         name = backend or self.settings.backend
         ctx = self.context(name)
+        start = time.perf_counter()
         try:
-            return await self.registry.caller(name, "health")(ctx=ctx)
+            report = await self.registry.caller(name, "health")(ctx=ctx)
         except ImageWorksError as exc:
-            return HealthReport(
+            report = HealthReport(
                 backend=name,
                 url=redact_url(ctx.base_url),
-                reachable=False,
+                reachable=getattr(exc, "status", None) is not None,
                 ready=False,
                 detail=exc.message,
-                hint=exc.hint,
+                hint=exc.hint or ctx.hint,
             )
         except Exception as exc:
-            return HealthReport(
+            report = HealthReport(
                 backend=name,
                 url=redact_url(ctx.base_url),
                 reachable=False,
@@ -264,6 +270,9 @@ class Client:
                 detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
                 hint="this is a bug in the plugin; report it to its authors",
             )
+        if not report.latency:
+            report = attrs.evolve(report, latency=time.perf_counter() - start)
+        return report
 
     def map(self, items: Any, **kwargs: Any) -> Any:
         """Fan *items* out with bounded concurrency; see ``Dispatcher.map``.

@@ -38,7 +38,11 @@ def backend_info() -> BackendInfo:
 
 @hookspec(firstresult=True)
 def health(ctx: BackendContext) -> Awaitable[HealthReport]:
-    """Check the server at ``ctx.settings`` and report; never raise for "down" — report it (with a hint)."""
+    """Check the server at ``ctx.settings`` and report (not ready, with a hint, when it is not).
+
+    A ``BackendError`` raised here (e.g. "cannot connect") is turned into a
+    not-ready report by the core, which also times the check.
+    """
 
 
 @hookspec(firstresult=True)

@@ -12,7 +12,6 @@ reads the answer without per-request model validation.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
@@ -78,19 +77,7 @@ class OpenAICompatBackend(BackendBase):
 
     @hookimpl
     async def health(self, ctx: BackendContext) -> HealthReport:
-        start = time.perf_counter()
-        try:
-            report = await self.check_health(ctx)
-        except BackendError as exc:
-            report = HealthReport(
-                backend=ctx.name,
-                url=redact_url(ctx.base_url),
-                reachable=exc.status is not None,
-                ready=False,
-                detail=exc.message,
-                hint=exc.hint or ctx.hint,
-            )
-        return _with_latency(report, time.perf_counter() - start)
+        return await self.check_health(ctx)
 
     @hookimpl
     async def infer(self, ctx: BackendContext, request: Request) -> Result:
@@ -169,32 +156,40 @@ class OpenAICompatBackend(BackendBase):
         return [e["id"] for e in entries], entries
 
     async def resolve_model(self, ctx: BackendContext, request: Request) -> str:
-        """The request's model, else the configured one, else the server's only model."""
+        """The request's model, else the configured one, else ``choose_model`` over the served ones (once)."""
         model = request.model or ctx.settings.model or ctx.state.get("served_model")
         if model:
-            return model
+            return str(model)
         import anyio
 
         lock = ctx.state.setdefault("model_lock", anyio.Lock())
         async with lock:
             if "served_model" not in ctx.state:
-                models, _ = await self.list_models(ctx)
-                if len(models) == 1:
-                    ctx.state["served_model"] = models[0]
-                elif not models:
+                _, entries = await self.list_models(ctx)
+                if not entries:
                     raise BackendRejected(
                         f"{ctx.name} at {redact_url(ctx.base_url)} serves no model",
                         backend=ctx.name,
                         hint="load a model in the server, or set the model explicitly",
                     )
-                else:
-                    raise BackendRejected(
-                        f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: "
-                        + ", ".join(models),
-                        backend=ctx.name,
-                        hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{models[0]}"',
-                    )
-        return ctx.state["served_model"]
+                ctx.state["served_model"] = self.choose_model(ctx, entries)
+        return str(ctx.state["served_model"])
+
+    def choose_model(self, ctx: BackendContext, entries: list[Mapping[str, Any]]) -> str:
+        """The model to use when none is configured: the only base model served.
+
+        Entries with ``parent`` set are adapters (vLLM's LoRA convention), so one
+        base model plus its adapters still counts as one model.
+        """
+        ids = [str(e["id"]) for e in entries]
+        bases = [i for i, e in zip(ids, entries, strict=True) if not e.get("parent")]
+        if len(bases) == 1:
+            return bases[0]
+        raise BackendRejected(
+            f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: " + ", ".join(ids),
+            backend=ctx.name,
+            hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{ids[0]}"',
+        )
 
     def image_part(self, ctx: BackendContext, image: PreparedImage) -> dict[str, Any]:
         return {"type": "image_url", "image_url": {"url": image.data_url()}}
@@ -289,12 +284,6 @@ class OpenAICompatBackend(BackendBase):
                 backend=ctx.name,
                 hint="see the server log; the image or prompt may be too large for the session length",
             )
-
-
-def _with_latency(report: HealthReport, latency: float) -> HealthReport:
-    import attrs
-
-    return attrs.evolve(report, latency=latency)
 
 
 def _max_len(entries: list[Mapping[str, Any]]) -> int | None:

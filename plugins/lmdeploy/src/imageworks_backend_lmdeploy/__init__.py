@@ -269,34 +269,18 @@ class LmdeployBackend(OpenAICompatBackend):
 
     # ------------------------------------------------------------ requests
 
-    async def resolve_model(self, ctx: BackendContext, request: Request) -> str:
-        """The configured model, else the server's base model (the first listed; adapters follow it)."""
-        model = request.model or ctx.settings.model or ctx.state.get("served_model")
-        if model:
-            return str(model)
-        import anyio
-
-        lock = ctx.state.setdefault("model_lock", anyio.Lock())
-        async with lock:
-            if "served_model" not in ctx.state:
-                models, _ = await self.list_models(ctx)
-                if not models:
-                    raise BackendRejected(
-                        f"{ctx.name} at {redact_url(self.api(ctx, 'models'))} lists no model",
-                        backend=ctx.name,
-                        url=self.api(ctx, "models"),
-                        hint=f'set the model explicitly: backends.{ctx.name}.model = "NAME"',
-                    )
-                if len(models) > 1:
-                    ctx.log.info(
-                        "%s serves %s; using the base model %r (set backends.%s.model for an adapter)",
-                        ctx.name,
-                        ", ".join(models),
-                        models[0],
-                        ctx.name,
-                    )
-                ctx.state["served_model"] = models[0]
-        return str(ctx.state["served_model"])
+    def choose_model(self, ctx: BackendContext, entries: list[Mapping[str, Any]]) -> str:
+        """LMDeploy serves one model; adapters are listed after it, so the first entry is the base."""
+        models = [str(e["id"]) for e in entries]
+        if len(models) > 1:
+            ctx.log.info(
+                "%s serves %s; using the base model %r (set backends.%s.model for an adapter)",
+                ctx.name,
+                ", ".join(models),
+                models[0],
+                ctx.name,
+            )
+        return models[0]
 
     def image_part(self, ctx: BackendContext, image: PreparedImage) -> dict[str, Any]:
         image_url: dict[str, Any] = {"url": image.data_url()}

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 
 from imageworks_core import (
     BackendContext,
-    BackendError,
     BackendInfo,
     Capabilities,
     Chunk,
@@ -26,7 +25,6 @@ from imageworks_core import (
     Result,
     hookimpl,
 )
-from imageworks_core.errors import redact_url
 
 from . import kserve
 from ._model import ModelInfo, TensorSpec
@@ -79,17 +77,7 @@ class TritonBackend:
     async def health(self, ctx: BackendContext) -> HealthReport:
         if ctx.settings.mode == "openai":
             return await self._openai.health(ctx)
-        try:
-            return await kserve.check_health(ctx)
-        except BackendError as exc:
-            return HealthReport(
-                backend=ctx.name,
-                url=redact_url(ctx.base_url),
-                reachable=exc.status is not None,
-                ready=False,
-                detail=exc.message,
-                hint=exc.hint or ctx.hint,
-            )
+        return await kserve.check_health(ctx)
 
     @hookimpl
     async def infer(self, ctx: BackendContext, request: Request) -> Result:

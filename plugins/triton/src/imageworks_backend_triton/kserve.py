@@ -23,7 +23,6 @@ from imageworks_core import (
     BackendError,
     BackendProtocolError,
     BackendRejected,
-    BackendUnavailable,
     Chunk,
     HealthReport,
     Request,
@@ -97,25 +96,6 @@ def root(ctx: BackendContext) -> str:
 
 def _model_url(ctx: BackendContext, model: str, tail: str = "") -> str:
     return f"{root(ctx)}/v2/models/{quote(model, safe='')}{tail}"
-
-
-def _own(ctx: BackendContext, exc: BackendError, url: str) -> BackendError:
-    """Name this backend in transport errors (the core does this for ``ctx.http`` calls)."""
-    if exc.backend is not None:
-        return exc
-    if isinstance(exc, BackendUnavailable):
-        reason = exc.message.split(": ", 1)[-1]
-        return BackendUnavailable(
-            f"{ctx.name} backend: cannot connect to {redact_url(url)} ({reason}); "
-            "the server is down or still loading its model",
-            backend=ctx.name,
-            url=url,
-            hint=ctx.hint,
-        )
-    exc.backend = ctx.name
-    exc.message = f"{ctx.name} backend: {exc.message}"
-    exc.args = (exc.message if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
-    return exc
 
 
 def _decode(ctx: BackendContext, resp: HttpResponse, url: str) -> Any:
@@ -568,50 +548,44 @@ async def generate_stream(
     events = 0
     keys: set[str] = set()
     model_name: str | None = None
-    try:
-        # raise_for_status=False: the full error body is needed (Triton's tracebacks end in the useful line)
-        async with ctx.http.stream(
-            "POST", url, body=body, timeout=request.timeout, raise_for_status=False
-        ) as resp:
-            if resp.status >= 400:
-                data = await resp.read()
-                text = error_text(data)
-                if resp.status in (404, 405) and not is_unknown_model(text):
-                    raise _NoGenerate(resp.status)
-                if resp.status == 404:
-                    _forget(ctx, info.name)
-                raise triton_error(
-                    ctx,
-                    resp.status,
-                    resp.headers,
-                    data,
+    # raise_for_status=False: the full error body is needed (Triton's tracebacks end in the useful line)
+    async with ctx.http.stream(
+        "POST", url, body=body, timeout=request.timeout, raise_for_status=False
+    ) as resp:
+        if resp.status >= 400:
+            data = await resp.read()
+            text = error_text(data)
+            if resp.status in (404, 405) and not is_unknown_model(text):
+                raise _NoGenerate(resp.status)
+            if resp.status == 404:
+                _forget(ctx, info.name)
+            raise triton_error(
+                ctx,
+                resp.status,
+                resp.headers,
+                data,
+                url=url,
+                model=info.name,
+                inputs=info.describe_inputs(),
+            )
+        ctx.state["triton_generate"] = True
+        async for obj in iter_sse_data(resp, backend=ctx.name, url=url):
+            if not isinstance(obj, Mapping):
+                raise BackendProtocolError(
+                    f"{ctx.name} at {redact_url(url)}: stream event is not an object: {obj!r:.200}",
+                    backend=ctx.name,
                     url=url,
-                    model=info.name,
-                    inputs=info.describe_inputs(),
                 )
-            ctx.state["triton_generate"] = True
-            async for obj in iter_sse_data(resp, backend=ctx.name, url=url):
-                if not isinstance(obj, Mapping):
-                    raise BackendProtocolError(
-                        f"{ctx.name} at {redact_url(url)}: stream event is not an object: {obj!r:.200}",
-                        backend=ctx.name,
-                        url=url,
-                    )
-                if "error" in obj:
-                    raise triton_error(
-                        ctx, None, {}, obj, url=url, model=info.name, inband="reported inside the stream"
-                    )
-                events += 1
-                keys.update(map(str, obj))
-                model_name = str(obj.get("model_name") or model_name or info.name)
-                delta = _text_of(obj.get(plan.output))
-                if delta:
-                    yield Chunk(text=delta, model=model_name)
-    except BackendError as exc:
-        own = _own(ctx, exc, url)
-        if own is exc:
-            raise
-        raise own from exc.__cause__
+            if "error" in obj:
+                raise triton_error(
+                    ctx, None, {}, obj, url=url, model=info.name, inband="reported inside the stream"
+                )
+            events += 1
+            keys.update(map(str, obj))
+            model_name = str(obj.get("model_name") or model_name or info.name)
+            delta = _text_of(obj.get(plan.output))
+            if delta:
+                yield Chunk(text=delta, model=model_name)
     if events == 0:
         raise BackendProtocolError(
             f"{ctx.name} at {redact_url(url)} closed the stream without sending any response",

@@ -239,41 +239,6 @@ class VllmBackend(OpenAICompatBackend):
             "hint": _api_key_hint(ctx),
         }
 
-    # ------------------------------------------------------------ model
-
-    async def resolve_model(self, ctx: BackendContext, request: Request) -> str:
-        """The request's model, else the configured one, else the server's only base model.
-
-        vLLM lists LoRA adapters beside their base model (with ``parent`` set):
-        one base model plus its adapters still counts as "one model".
-        """
-        model = request.model or ctx.settings.model or ctx.state.get("served_model")
-        if model:
-            return model
-        lock = ctx.state.setdefault("model_lock", anyio.Lock())
-        async with lock:
-            if "served_model" not in ctx.state:
-                ids, entries = await self.list_models(ctx)
-                bases = [e["id"] for e in entries if not e.get("parent")]
-                where = redact_url(ctx.base_url)
-                if len(ids) == 1:
-                    ctx.state["served_model"] = ids[0]
-                elif len(bases) == 1:
-                    ctx.state["served_model"] = bases[0]
-                elif not ids:
-                    raise BackendRejected(
-                        f"{ctx.name} at {where} serves no model",
-                        backend=ctx.name,
-                        hint="start vllm serve with a model, or set the model explicitly",
-                    )
-                else:
-                    raise BackendRejected(
-                        f"{ctx.name} at {where} serves several models: {', '.join(ids)}",
-                        backend=ctx.name,
-                        hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{ids[0]}"',
-                    )
-        return str(ctx.state["served_model"])
-
     # ------------------------------------------------------------ request body
 
     def extra_fields(self, ctx: BackendContext, request: Request) -> Mapping[str, Any]:
