@@ -14,6 +14,7 @@ per endpoint and one context per backend; nothing is shared between clients.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -87,7 +88,9 @@ class Client:
             flags["fallback"] = tuple(fallback)
         self._flags = flags
         self._settings_given = settings
-        self._load_args = {"cwd": cwd, "env": env, "user_file": user_file, "project_file": project_file}
+        self._load = functools.partial(
+            load_config, cwd=cwd, env=env, user_file=user_file, project_file=project_file
+        )
         self._env = os.environ if env is None else env
         self._config: Config | None = None
         self._contexts: dict[str, BackendContext] = {}
@@ -114,8 +117,8 @@ class Client:
             if self._settings_given is not None:
                 self._config = Config(settings=self._complete(self._settings_given, classes), sources={})
             else:
-                self._config = load_config(
-                    settings_classes=classes, flags=self._flags, unavailable=unavailable, **self._load_args
+                self._config = self._load(
+                    settings_classes=classes, flags=self._flags, unavailable=unavailable
                 )
         return self._config
 

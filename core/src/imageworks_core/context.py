@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import redact_url
 from .models import BackendInfo
 from .settings import BackendSettings, Settings
 
 __all__ = ["BackendContext"]
+
+S = TypeVar("S", bound=BackendSettings)
 
 
 class BackendContext:
@@ -67,6 +69,19 @@ class BackendContext:
         lines += [f"    {h}" for h in self.info.launch_hints]
         lines.append(f"  or point imageworks elsewhere: --vlm-base-url URL / backends.{self.name}.base_url")
         return "\n".join(lines) if self.info.launch_hints else lines[-1].strip()
+
+    def settings_as(self, cls: type[S]) -> S:
+        """``settings`` as the backend's own settings class *cls*, typed for checkers.
+
+        Raises:
+            TypeError: the settings are not a *cls* (the plugin's ``settings_cls`` is another class).
+        """
+        if not isinstance(self.settings, cls):
+            raise TypeError(
+                f"backend {self.name!r}: settings are {type(self.settings).__name__}, not {cls.__name__}; "
+                "check the settings_cls in the plugin's backend_info"
+            )
+        return self.settings
 
     def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run *callback* when the client closes (unload a model, close a session)."""

@@ -34,6 +34,7 @@ def backend_info() -> BackendInfo:
 
     Synchronous and cheap: no I/O, no heavy imports.
     """
+    raise NotImplementedError  # a specification: backends implement it
 
 
 @hookspec(firstresult=True)
@@ -43,6 +44,7 @@ def health(ctx: BackendContext) -> Awaitable[HealthReport]:
     A ``BackendError`` raised here (e.g. "cannot connect") is turned into a
     not-ready report by the core, which also times the check.
     """
+    raise NotImplementedError  # a specification: backends implement it
 
 
 @hookspec(firstresult=True)
@@ -51,6 +53,7 @@ def infer(ctx: BackendContext, request: Request) -> Awaitable[Result]:
 
     Raise a ``BackendError`` subclass (or ``InputError``) on failure; never return an error as text.
     """
+    raise NotImplementedError  # a specification: backends implement it
 
 
 @hookspec(firstresult=True)
@@ -59,3 +62,4 @@ def stream(ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
 
     Raise like ``infer``, also for errors the server reports inside the stream.
     """
+    raise NotImplementedError  # a specification: backends implement it

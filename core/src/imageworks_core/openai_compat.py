@@ -12,7 +12,7 @@ reads the answer without per-request model validation.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
 from .base import BackendBase
@@ -89,7 +89,7 @@ class OpenAICompatBackend(BackendBase):
         return self.parse_completion(ctx, data, model)
 
     @hookimpl
-    async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
+    async def stream(self, ctx: BackendContext, request: Request) -> AsyncGenerator[Chunk, None]:
         model = await self.resolve_model(ctx, request)
         body = self.build_body(ctx, request, model, stream=True)
         url = self.api(ctx, "chat/completions")

@@ -224,7 +224,7 @@ class TransformersBackend(BackendBase):
             if time.monotonic() - when < LOAD_FAILURE_TTL:  # don't hammer the hub / disk item after item
                 raise copy.copy(failure)
             st.load_failure = None
-        settings: TransformersSettings = ctx.settings  # type: ignore[assignment]
+        settings = ctx.settings_as(TransformersSettings)
         location = await anyio.to_thread.run_sync(locate, settings)
         if not location.loadable:
             raise not_available_error(ctx.name, location)
@@ -273,7 +273,7 @@ class TransformersBackend(BackendBase):
             request,
             max_tokens=request.max_tokens or cs.max_tokens,
             temperature=temperature,
-            settings=ctx.settings,  # type: ignore[arg-type]
+            settings=ctx.settings_as(TransformersSettings),
         )
 
     async def _run(
@@ -304,8 +304,9 @@ class TransformersBackend(BackendBase):
             with anyio.fail_after(timeout):
                 await anyio.to_thread.run_sync(done.wait, abandon_on_cancel=True)
         except TimeoutError:
+            model = model_ref(ctx.settings_as(TransformersSettings))
             raise BackendTimeout(
-                f"{ctx.name}: {what} with {model_ref(ctx.settings)!r} took longer than {timeout:g} s",  # type: ignore[arg-type]
+                f"{ctx.name}: {what} with {model!r} took longer than {timeout:g} s",
                 backend=ctx.name,
                 hint=f"raise backends.{ctx.name}.timeout (or Request.timeout), or lower max_tokens",
             ) from None
@@ -332,7 +333,7 @@ class TransformersBackend(BackendBase):
 
     async def _health(self, ctx: BackendContext) -> HealthReport:
         st = self._state(ctx)
-        settings: TransformersSettings = ctx.settings  # type: ignore[assignment]
+        settings = ctx.settings_as(TransformersSettings)
         ref = model_ref(settings)
         versions = loaded_versions()
         metrics: dict[str, float] = {"running": float(st.running), "waiting": float(st.waiting)}

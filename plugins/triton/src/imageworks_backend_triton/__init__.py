@@ -75,19 +75,19 @@ class TritonBackend:
 
     @hookimpl
     async def health(self, ctx: BackendContext) -> HealthReport:
-        if ctx.settings.mode == "openai":
+        if ctx.settings_as(TritonSettings).mode == "openai":
             return await self._openai.health(ctx)
         return await kserve.check_health(ctx)
 
     @hookimpl
     async def infer(self, ctx: BackendContext, request: Request) -> Result:
-        if ctx.settings.mode == "openai":
+        if ctx.settings_as(TritonSettings).mode == "openai":
             return await self._openai.infer(ctx, request)
         return await kserve.infer(ctx, request)
 
     @hookimpl
     async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
-        if ctx.settings.mode == "openai":
+        if ctx.settings_as(TritonSettings).mode == "openai":
             chunks = self._openai.stream(ctx, request)
         else:
             chunks = kserve.stream(ctx, request)

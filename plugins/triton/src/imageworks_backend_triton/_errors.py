@@ -195,7 +195,7 @@ def triton_error(
         return BackendRejected(
             f"{where} does not support this (HTTP 501): {short}", backend=ctx.name, url=url, status=status
         )
-    mapped = error_from_response(status, headers, {"error": short}, backend=ctx.name, url=url)
+    mapped = error_from_response(shown_status, headers, {"error": short}, backend=ctx.name, url=url)
     if isinstance(mapped, BackendUnavailable) and mapped.hint is None:
         mapped.hint = ctx.hint
     return mapped

@@ -43,6 +43,7 @@ from ._errors import (
 )
 from ._inputs import Plan, build_plan
 from ._model import ModelInfo, model_info_from
+from ._settings import TritonSettings
 
 __all__ = [
     "check_health",
@@ -149,7 +150,9 @@ def _warn_dropped(ctx: BackendContext, plan: Plan) -> None:
 
 
 def _plan(ctx: BackendContext, request: Request, info: ModelInfo, *, stream: bool) -> Plan:
-    plan = build_plan(ctx.settings, ctx.client_settings, request, info, stream=stream, backend=ctx.name)
+    plan = build_plan(
+        ctx.settings_as(TritonSettings), ctx.client_settings, request, info, stream=stream, backend=ctx.name
+    )
     _warn_dropped(ctx, plan)
     return plan
 
@@ -350,8 +353,8 @@ def _describe(ctx: BackendContext, info: ModelInfo) -> str:
     route = {True: "generate", False: "/infer", None: "generate if offered, else /infer"}[
         ctx.state.get("triton_generate")
     ]
-    if ctx.settings.endpoint != "auto":
-        route = ctx.settings.endpoint
+    if ctx.settings_as(TritonSettings).endpoint != "auto":
+        route = ctx.settings_as(TritonSettings).endpoint
     parts = [
         f"model {info.name!r} ready",
         f"inputs: {info.describe_inputs()}",
@@ -367,7 +370,7 @@ def _describe(ctx: BackendContext, info: ModelInfo) -> str:
 
 
 async def _use_generate(ctx: BackendContext) -> bool:
-    endpoint = ctx.settings.endpoint
+    endpoint = ctx.settings_as(TritonSettings).endpoint
     if endpoint != "auto":
         return endpoint == "generate"
     if "triton_generate" not in ctx.state:
@@ -402,7 +405,7 @@ async def infer(ctx: BackendContext, request: Request) -> Result:
         try:
             return await generate(ctx, request, info)
         except _NoGenerate as exc:
-            if ctx.settings.endpoint == "generate":
+            if ctx.settings_as(TritonSettings).endpoint == "generate":
                 raise _no_generate(ctx, _model_url(ctx, model, "/generate"), exc.status, info) from None
             ctx.state["triton_generate"] = False
             ctx.log.info("%s: no generate extension at %s; using /infer", ctx.name, redact_url(root(ctx)))
@@ -515,7 +518,7 @@ async def stream(ctx: BackendContext, request: Request) -> AsyncGenerator[Chunk,
                     yield chunk
             return
         except _NoGenerate as exc:  # raised before any chunk
-            if ctx.settings.endpoint == "generate" or info.decoupled:
+            if ctx.settings_as(TritonSettings).endpoint == "generate" or info.decoupled:
                 raise _no_generate(
                     ctx, _model_url(ctx, model, "/generate_stream"), exc.status, info
                 ) from None

@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import anyio
@@ -102,7 +102,7 @@ class VllmBackend(OpenAICompatBackend):
             raise
 
     @hookimpl
-    async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
+    async def stream(self, ctx: BackendContext, request: Request) -> AsyncGenerator[Chunk, None]:
         try:
             async with contextlib.aclosing(super().stream(ctx, request)) as chunks:
                 async for chunk in chunks:
@@ -160,7 +160,8 @@ class VllmBackend(OpenAICompatBackend):
             if error.status is None:  # the connection failed after /health answered
                 raise error
             if error.status in (401, 403):
-                return HealthReport(ready=False, **common, **self._auth_problem(ctx))
+                detail, hint = self._auth_problem(ctx)
+                return HealthReport(ready=False, detail=detail, hint=hint, **common)
             return HealthReport(ready=False, detail=error.message, hint=error.hint, **common)
 
         ids, entries = found["models"]
@@ -222,22 +223,22 @@ class VllmBackend(OpenAICompatBackend):
             return {}
         return parse_metrics(resp.body.decode("utf-8", "replace"))
 
-    def _auth_problem(self, ctx: BackendContext) -> dict[str, str]:
+    def _auth_problem(self, ctx: BackendContext) -> tuple[str, str]:
         """Detail and hint for a 401/403 from ``/v1/models`` while ``/health`` answered."""
         models_url = redact_url(self.api(ctx, "models"))
         env_name = ctx.settings.api_key_env
         if ctx.settings.api_key or (env_name and os.environ.get(env_name)):
-            return {
-                "detail": f"reachable, but {models_url} refused the API key sent (HTTP 401)",
-                "hint": "the key must equal the one given to vllm serve --api-key; "
+            return (
+                f"reachable, but {models_url} refused the API key sent (HTTP 401)",
+                "the key must equal the one given to vllm serve --api-key; "
                 f"check backends.{ctx.name}.api_key_env"
                 + (f" (the variable {env_name})" if env_name else ""),
-            }
-        return {
-            "detail": f"reachable, but not usable: {models_url} answered HTTP 401 Unauthorized "
+            )
+        return (
+            f"reachable, but not usable: {models_url} answered HTTP 401 Unauthorized "
             "(the server was started with --api-key)",
-            "hint": _api_key_hint(ctx),
-        }
+            _api_key_hint(ctx),
+        )
 
     # ------------------------------------------------------------ request body
 
