@@ -4,7 +4,8 @@
 (or PNG when the image has real transparency) of at most ``max_pixels``
 pixels, upright according to its EXIF orientation, in sRGB, without EXIF/XMP
 metadata.  Big JPEGs are decoded at a reduced scale by libjpeg's DCT scaling
-(``Image.draft``), which is most of the speed.  Every bad input becomes one
+(``Image.draft``), which is most of the speed; the Lanczos-3 resize that
+follows is SIMD-accelerated (:mod:`imageworks_core.resizing`).  Every bad input becomes one
 :class:`~imageworks_core.errors.InputError` that names the file and the cause.
 """
 
@@ -20,10 +21,11 @@ from typing import Final, cast
 
 import anyio
 import anyio.to_thread
-from PIL import Image, ImageCms, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 from imageworks_core.errors import InputError
 from imageworks_core.models import PreparedImage
+from imageworks_core.resizing import resize
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -44,10 +46,7 @@ SUPPORTED_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", 
 _MIME: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WebP": "image/webp"}  # for from_bytes
 _PIL_FORMATS: Final = ("JPEG", "PNG", "WEBP", "TIFF")  # the JPEG plugin may also return "MPO"
 _FORMAT_NAMES: Final = "JPEG, PNG, WebP and TIFF"
-# After DCT scaling the remaining reduction is below 2x: bicubic is within 0.3 dB of
-# Lanczos there and faster; for undrafted images reducing_gap=3 keeps it near-exact.
-_RESAMPLE: Final = Image.Resampling.BICUBIC
-_REDUCING_GAP: Final = 3.0
+_MAX_BLOCK: Final = 1 << 24  # bytes fed to the JPEG decoder per call (Pillow's default: 64 KiB)
 _PNG_LEVEL: Final = 3  # zlib level; measured on 1 MP RGBA: 6 is 3x slower for 12% smaller
 _TRANSPOSE: Final = {  # EXIF orientation -> the transpose that makes the image upright
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -226,7 +225,7 @@ def _prepare(name: str, data: bytes, max_pixels: int | None, quality: int) -> Pr
         orientation = _orientation(im)
         frame = _normalise_mode(im)
         if target is not None:
-            frame = frame.resize(target, _RESAMPLE, box=box, reducing_gap=_REDUCING_GAP)
+            frame = resize(frame, target, box)
         frame = _to_srgb(frame, im.info.get("icc_profile"))
         if orientation in _TRANSPOSE:
             frame = frame.transpose(_TRANSPOSE[orientation])
@@ -279,9 +278,10 @@ def _jpeg_sof(data: bytes) -> int | None:
 
 def _draft(im: Image.Image, target: tuple[int, int] | None) -> tuple[float, float, float, float] | None:
     """Let libjpeg decode at the smallest 1/2, 1/4 or 1/8 scale still >= *target*."""
-    if target is None or im.format not in ("JPEG", "MPO"):
+    if target is None or im.format not in ("JPEG", "MPO") or not isinstance(im, ImageFile.ImageFile):
         return None
     result = im.draft(None, target)
+    im.decodermaxblock = max(im.decodermaxblock, _MAX_BLOCK)  # fewer, larger reads into libjpeg
     return None if result is None else result[1]
 
 
@@ -368,7 +368,7 @@ def _encode(frame: Image.Image, quality: int) -> tuple[bytes, str]:
     if frame.mode in ("LA", "RGBA"):  # an alpha channel that is opaque everywhere
         frame = frame.convert(frame.mode[:-1])
     buffer = io.BytesIO()
-    frame.save(buffer, "JPEG", quality=quality, optimize=True)
+    frame.save(buffer, "JPEG", quality=quality)  # optimize=True: +1.7 ms per 1 MP for 9% fewer bytes
     return buffer.getvalue(), "image/jpeg"
 
 
