@@ -18,9 +18,11 @@ from servers._proc import free_port
 
 from imageworks_core import (
     BackendRejected,
+    BackendSettings,
     BackendUnavailable,
     Client,
     ConfigError,
+    PluginError,
     PreparedImage,
     Request,
 )
@@ -352,3 +354,18 @@ async def test_real_sixteen_concurrent_requests(hf_server: Any) -> None:
                 tg.start_soon(one, i)
     assert sorted(results) == list(range(16))
     assert all(r.ok and r.text.strip() and r.id == f"req-{i}" for i, r in results.items())
+
+
+@pytest.mark.anyio
+async def test_settings_as_gives_the_plugin_its_own_settings_class() -> None:
+    async with openai_client(preset="ollama") as client:
+        ctx = client.context("openai")
+        assert ctx.settings_as(OpenAISettings) is ctx.settings
+        with pytest.raises(PluginError, match="settings are OpenAISettings, not TransformersLike") as info:
+            ctx.settings_as(TransformersLike)
+        assert info.value.plugin == "openai"
+        assert "settings_cls=TransformersLike" in (info.value.hint or "")
+
+
+class TransformersLike(BackendSettings):
+    """A settings class the openai backend does not use."""

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .errors import redact_url
+from .errors import PluginError, redact_url
 from .models import BackendInfo
 from .settings import BackendSettings, Settings
 
@@ -74,12 +74,13 @@ class BackendContext:
         """``settings`` as the backend's own settings class *cls*, typed for checkers.
 
         Raises:
-            TypeError: the settings are not a *cls* (the plugin's ``settings_cls`` is another class).
+            PluginError: the settings are not a *cls* (the plugin's ``settings_cls`` is another class).
         """
         if not isinstance(self.settings, cls):
-            raise TypeError(
-                f"backend {self.name!r}: settings are {type(self.settings).__name__}, not {cls.__name__}; "
-                "check the settings_cls in the plugin's backend_info"
+            raise PluginError(
+                f"backend {self.name!r}: its settings are {type(self.settings).__name__}, not {cls.__name__}",
+                plugin=self.name,
+                hint="the plugin's backend_info must return settings_cls=" + cls.__name__,
             )
         return self.settings
 

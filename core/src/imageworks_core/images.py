@@ -4,9 +4,9 @@
 (or PNG when the image has real transparency) of at most ``max_pixels``
 pixels, upright according to its EXIF orientation, in sRGB, without EXIF/XMP
 metadata.  Big JPEGs are decoded at a reduced scale by libjpeg's DCT scaling
-(``Image.draft``), which is most of the speed; the Lanczos-3 resize that
-follows is SIMD-accelerated (:mod:`imageworks_core.resizing`).  Every bad input becomes one
-:class:`~imageworks_core.errors.InputError` that names the file and the cause.
+(``Image.draft``), which is most of the speed; the bicubic resize that follows
+is SIMD-accelerated (:mod:`imageworks_core.resizing`).  Every bad input becomes
+one :class:`~imageworks_core.errors.InputError` that names the file and the cause.
 """
 
 from __future__ import annotations
