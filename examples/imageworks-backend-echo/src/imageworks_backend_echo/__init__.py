@@ -111,9 +111,7 @@ def answer(ctx: BackendContext, request: Request) -> str:
             backend=ctx.name,
             hint=f"send at most {MAX_IMAGES} images per request",
         )
-    settings = ctx.settings
-    prefix = settings.prefix if isinstance(settings, EchoSettings) else "echo"
-    parts = [f"{prefix}: {request.prompt or '(no prompt)'}"]
+    parts = [f"{ctx.settings_as(EchoSettings).prefix}: {request.prompt or '(no prompt)'}"]
     for n, image in enumerate(request.images, 1):
         size = f"{image.width}x{image.height}" if image.width else "size unknown"
         parts.append(f"image {n}: {image.mime}, {size}, {len(image.data)} bytes")
