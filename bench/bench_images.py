@@ -120,7 +120,7 @@ def decoded(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-ROW = "{:<14}{:>5}{:>10}{:>12}{:>7}{:>10}{:>12}{:>8}"
+ROW = "{:<14}{:>5}{:>10}{:>12}{:>8}{:>10}{:>12}{:>8}"
 
 
 def compare(paths: list[Path], repeat: int) -> list[tuple[float, float, float, float]]:
@@ -141,7 +141,7 @@ def compare(paths: list[Path], repeat: int) -> list[tuple[float, float, float, f
         quality, floor = psnr(decoded(prepared.data), ideal), psnr(decoded(encode(ideal)), ideal)
         rows.append((plain_ms, project_ms, quality, floor))
         cells = (f"{path.stat().st_size / 1e6:.1f}", f"{plain_ms:.0f}", f"{project_ms:.0f}")
-        scores = (f"{plain_ms / project_ms:.1f}x", f"{quality:.1f}", f"{floor:.1f}")
+        scores = (f"{plain_ms / project_ms:.2f}x", f"{quality:.1f}", f"{floor:.1f}")
         print(ROW.format(path.name, *cells, *scores, f"{len(prepared.data) / 1e3:.0f}"))
     return rows
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     excess = statistics.median(r[3] - r[2] for r in rows)
     print(
         f"\nSUMMARY plain {plain_ms:.0f} ms/img, project {project_ms:.0f} ms/img: "
-        f"{plain_ms / project_ms:.1f}x faster (goal >= 5x); "
+        f"{plain_ms / project_ms:.2f}x faster (goal >= 5x); "
         f"PSNR vs plain: resampling {resample_psnr:.1f} dB, "
         f"end to end {quality:.1f} dB ({excess:.2f} dB below plain's pixels as a q{QUALITY} JPEG); "
         f"2 threads vs 1: {two / one:.2f}x"
