@@ -106,6 +106,7 @@ def test_version_lists_distributions(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "--version")
     assert proc.returncode == 0, show(proc)
     assert proc.stdout.splitlines()[0].startswith("imageworks-core ")
+    assert proc.stdout.splitlines()[-1].startswith("image resizing: ")  # SIMD or the Pillow fallback
 
 
 # ------------------------------------------------------------------ backends, config

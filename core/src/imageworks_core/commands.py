@@ -37,6 +37,9 @@ def print_versions() -> None:
             print(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:  # pragma: no cover
             print(f"{dist} (not installed)")
+    from .resizing import resizer_name
+
+    print(f"image resizing: {resizer_name()}")
 
 
 def _warn_failures(registry: BackendRegistry) -> None:
