@@ -353,8 +353,9 @@ def _describe(ctx: BackendContext, info: ModelInfo) -> str:
     route = {True: "generate", False: "/infer", None: "generate if offered, else /infer"}[
         ctx.state.get("triton_generate")
     ]
-    if ctx.settings_as(TritonSettings).endpoint != "auto":
-        route = ctx.settings_as(TritonSettings).endpoint
+    endpoint = ctx.settings_as(TritonSettings).endpoint
+    if endpoint != "auto":
+        route = endpoint
     parts = [
         f"model {info.name!r} ready",
         f"inputs: {info.describe_inputs()}",

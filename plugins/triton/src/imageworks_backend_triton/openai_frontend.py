@@ -138,8 +138,9 @@ class TritonOpenAIFrontend(OpenAICompatBackend):
         )
 
     def extra_fields(self, ctx: BackendContext, request: Request) -> Mapping[str, Any]:
-        fields = dict(ctx.settings_as(TritonSettings).parameters)
-        stop = [*ctx.settings_as(TritonSettings).stop_words, *request.stop]
+        settings = ctx.settings_as(TritonSettings)
+        fields = dict(settings.parameters)
+        stop = [*settings.stop_words, *request.stop]
         if stop:
             fields["stop"] = stop
         return fields
