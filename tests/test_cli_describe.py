@@ -27,22 +27,11 @@ from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
 
+from imageworks_core.outputs.jsonl import RESULT_KEYS
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 EXIFTOOL = shutil.which("exiftool") or "/usr/bin/exiftool"
-RESULT_KEYS = {
-    "image",
-    "prompt",
-    "template",
-    "backend",
-    "model",
-    "base_url",
-    "description",
-    "processing_time",
-    "usage",
-    "attempts",
-    "error",
-}
 RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
 DC = "{http://purl.org/dc/elements/1.1/}"
 CN = "{http://imageworks.ai/color-narrator/1.0/}"
@@ -123,7 +112,7 @@ def check_results(
     assert len(records) == len(photos), records
     found = {}
     for r in records:
-        assert set(r) >= RESULT_KEYS, sorted(r)
+        assert set(r) == set(RESULT_KEYS), sorted(r)  # the exact schema is pinned in test_outputs.py
         assert r["error"] is None, r
         assert r["template"] == template
         assert r["backend"] == backend

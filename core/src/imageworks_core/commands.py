@@ -15,7 +15,7 @@ import anyio
 import attrs
 
 from .client import Client
-from .dispatch import unwrap_group
+from .dispatch import ungrouped
 from .errors import InputError
 from .plugins import BackendRegistry
 from .serialize import to_json_dict
@@ -210,17 +210,12 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
             with progress:
                 if not progress.enabled:
                     return await run_describe(client, opts, on_event=progress.on_event)
-                try:
+                with ungrouped():
                     async with anyio.create_task_group() as tg:
                         # count the images beside the run, for the bar's total and ETA
                         tg.start_soon(_count_images, opts.paths, progress)
                         summary = await run_describe(client, opts, on_event=progress.on_event)
                         tg.cancel_scope.cancel()
-                except BaseExceptionGroup as group:
-                    inner = unwrap_group(group)
-                    if inner is group:
-                        raise
-                    raise inner from None
                 return summary
 
     summary = anyio.run(job)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -411,19 +411,14 @@ class Dispatcher:
                     workers.start_soon(one, seq, item)
                     seq += 1
 
-        try:
+        # the consumer's own error (or the item iterator's) comes out as itself, not wrapped
+        with ungrouped():
             async with anyio.create_task_group() as tg:
                 tg.start_soon(produce)
                 try:
                     yield _Results(recv, window, ordered)
                 finally:
                     tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # the consumer's own error (or the item iterator's) comes out as itself, not wrapped
-            inner = unwrap_group(group)
-            if inner is group:
-                raise
-            raise inner from None
         if failure:
             raise failure[0]
 
@@ -474,6 +469,18 @@ class Dispatcher:
             f"cannot use an item of type {type(item).__name__}",
             hint="pass image paths, bytes, PreparedImage or Request objects",
         )
+
+
+@contextlib.contextmanager
+def ungrouped() -> Iterator[None]:
+    """Re-raise an exception group that holds (nested) one exception as that exception."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner = unwrap_group(group)
+        if inner is group:
+            raise
+        raise inner from None
 
 
 def unwrap_group(group: BaseExceptionGroup) -> BaseException:
