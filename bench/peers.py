@@ -204,20 +204,7 @@ async def run_openai_default(
     base_url: str, n: int, c: int, *, warmup: int = 0, deadline_s: float = 300.0
 ) -> PeerResult:
     """``openai.AsyncOpenAI`` with its default HTTP client, no retries."""
-    import openai
-
-    client = openai.AsyncOpenAI(
-        base_url=_v1(base_url), api_key="sk-local", max_retries=0, timeout=REQUEST_TIMEOUT_S
-    )
-
-    async def one(i: int) -> bool:
-        resp = await client.chat.completions.create(model=MODEL, messages=build_messages(i), max_tokens=64)  # type: ignore[arg-type]
-        return bool(resp.choices and resp.choices[0].message.content)
-
-    try:
-        return await measure(one, n, c, warmup=warmup, deadline_s=deadline_s)
-    finally:
-        await client.close()
+    return await _measure_openai(base_url, n, c, None, warmup=warmup, deadline_s=deadline_s)
 
 
 async def run_openai_aiohttp(
@@ -225,15 +212,30 @@ async def run_openai_aiohttp(
 ) -> PeerResult:
     """``openai.AsyncOpenAI`` over ``httpx_aiohttp.HttpxAiohttpClient`` (aiohttp transport), pool of *c*."""
     import httpx
-    import openai
     from httpx_aiohttp import HttpxAiohttpClient
 
     http_client = HttpxAiohttpClient(
         limits=httpx.Limits(max_connections=c, max_keepalive_connections=c),
         timeout=httpx.Timeout(REQUEST_TIMEOUT_S),
     )
+    try:
+        return await _measure_openai(base_url, n, c, http_client, warmup=warmup, deadline_s=deadline_s)
+    finally:
+        await http_client.aclose()
+
+
+async def _measure_openai(
+    base_url: str, n: int, c: int, http_client: Any, *, warmup: int, deadline_s: float
+) -> PeerResult:
+    """Time ``chat.completions.create`` through an ``openai.AsyncOpenAI`` (its own retries off)."""
+    import openai
+
     client = openai.AsyncOpenAI(
-        base_url=_v1(base_url), api_key="sk-local", max_retries=0, http_client=http_client
+        base_url=_v1(base_url),
+        api_key="sk-local",
+        max_retries=0,
+        timeout=REQUEST_TIMEOUT_S,
+        http_client=http_client,
     )
 
     async def one(i: int) -> bool:
@@ -244,7 +246,6 @@ async def run_openai_aiohttp(
         return await measure(one, n, c, warmup=warmup, deadline_s=deadline_s)
     finally:
         await client.close()
-        await http_client.aclose()
 
 
 async def run_raw_httpx(
