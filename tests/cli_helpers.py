@@ -11,11 +11,10 @@ from typing import Any
 
 
 def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
-    """The environment of a CLI run: no config file, no IMAGEWORKS_* from outside, no retry sleeps."""
+    """The environment of a CLI run: no config file, no IMAGEWORKS_* from outside; waits as users get them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEWORKS_")}
     env.update(
         IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
-        IMAGEWORKS_TESTING="1",
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
     )

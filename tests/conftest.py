@@ -16,6 +16,8 @@ import pytest
 from servers import faulty_openai
 from servers._proc import ServerProcess, free_port, python_argv
 
+from imageworks_core.retry import set_testing, testing
+
 SERVERS = Path(__file__).parent / "servers"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -26,19 +28,26 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No user config, no IMAGEWORKS_* from the developer's shell, no retry sleeps."""
+def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No user config, no IMAGEWORKS_* from the developer's shell; in-process waits shortened.
+
+    ``set_testing`` shortens only the dispatcher's waits (backoff, pauses, probe
+    intervals): attempt counts and every other limit keep their defaults.  CLI
+    subprocesses (``cli_helpers``) run with no such switch at all, as users do.
+    """
     for var in list(os.environ):
         if var.startswith("IMAGEWORKS_") and not var.startswith("IMAGEWORKS_TEST_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("IMAGEWORKS_CONFIG_FILE", str(tmp_path / "no-user-config.toml"))
-    monkeypatch.setenv("IMAGEWORKS_TESTING", "1")
+    with testing():
+        yield
 
 
 @pytest.fixture
-def real_sleeps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let retry backoff really sleep (tests that time Retry-After)."""
-    monkeypatch.delenv("IMAGEWORKS_TESTING", raising=False)
+def real_sleeps() -> Iterator[None]:
+    """Let the dispatcher really wait (tests that time Retry-After, outages and probes)."""
+    set_testing(False)
+    yield
 
 
 def require(condition: bool, why: str) -> None:

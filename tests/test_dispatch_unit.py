@@ -23,6 +23,7 @@ from imageworks_core import (
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
+    BackendServerError,
     BackendTimeout,
     BackendUnavailable,
     Capabilities,
@@ -144,13 +145,65 @@ async def test_final_errors_are_not_retried(exc: Exception) -> None:
 
 
 async def test_retries_stop_at_max_attempts_with_the_last_error() -> None:
-    errors = [BackendUnavailable(f"refused #{i}") for i in range(10)]
+    errors = [BackendServerError(f"HTTP 500 #{i}", status=500) for i in range(10)]
     fake = FakeBackend().script(*errors)
     async with make_client(fake, retry={"max_attempts": 3}) as client:
-        with pytest.raises(BackendUnavailable) as info:
+        with pytest.raises(BackendServerError) as info:
             await client.infer(req(1))
     assert len(fake.calls) == 3
     assert info.value is errors[2]
+
+
+async def test_default_attempts_are_four_for_the_items_own_errors() -> None:
+    fake = FakeBackend().always(BackendTimeout("slow"))
+    async with make_client(fake) as client:
+        [r] = await collect(client, [req(1)])
+    assert isinstance(r.error, BackendTimeout)
+    assert len(fake.calls) == 4
+
+
+async def test_an_outage_does_not_use_up_attempts() -> None:
+    """Two outages and three HTTP 500s: six sends, yet the item still has attempts left (default 4)."""
+
+    class Restarting(FakeBackend):
+        @hookimpl
+        async def health(self, ctx: Any) -> Any:  # back on every third probe, like a restarting server
+            self.probes = getattr(self, "probes", 0) + 1
+            self.healthy = self.probes % 3 == 0
+            return await super().health(ctx)
+
+    refused, failed = BackendUnavailable("refused"), BackendServerError("HTTP 500", status=500)
+    fake = Restarting().script(refused, failed, refused, failed, failed)
+    events: list[Any] = []
+    fake.probes = 2  # type: ignore[attr-defined]  # the preflight's health check is the third: ready
+    async with make_client(fake) as client:
+        await client.dispatcher.preflight()  # it was up: refusals from now on are outages
+        [r] = await collect(client, [req(1)], on_event=events.append)
+    assert r.ok, r.error
+    assert len(fake.calls) == 6
+    assert [a.error_type for a in r.attempts] == [
+        "BackendUnavailable",
+        "BackendServerError",
+        "BackendUnavailable",
+        "BackendServerError",
+        "BackendServerError",
+        None,
+    ]
+    kinds = [e.kind for e in events if e.id == ""]
+    assert kinds.count("outage") == 2 and kinds.count("recovered") == 2
+    assert [e.kind for e in events if e.id == "1"].count("requeued") == 2
+
+
+async def test_a_flapping_backend_uses_up_attempts_after_three_recoveries() -> None:
+    """Health says ready but every request is refused (a proxy before a dead server): no endless wait."""
+    fake = FakeBackend().always(BackendUnavailable("refused"))
+    async with make_client(fake) as client:
+        await client.dispatcher.preflight()
+        with anyio.fail_after(10):
+            [r] = await collect(client, [req(1)])
+    assert isinstance(r.error, BackendUnavailable)
+    # three outages the item waited out (probe said ready each time), then its four attempts
+    assert len(fake.calls) == 3 + 4
 
 
 async def test_input_error_and_4xx_end_the_item_without_fallback() -> None:
@@ -234,22 +287,27 @@ def test_parse_retry_after_non_finite_is_ignored(value: str) -> None:
     assert parse_retry_after(value) is None
 
 
-async def test_retry_after_reaches_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dispatcher asks ``sleep`` for the server's Retry-After, not its own backoff."""
-    import imageworks_core.dispatch as dispatch
+async def test_retry_after_pauses_the_backend_not_just_the_item(real_sleeps: None) -> None:
+    """A 429 with Retry-After pauses the whole backend: no request goes out until it is over."""
+    sent: list[tuple[str, float]] = []
 
-    asked: list[float] = []
+    def reply(request: Request) -> str:
+        sent.append((str(request.id), time.monotonic()))
+        if len(sent) == 1:
+            raise BackendOverloaded("busy", retry_after=0.4, status=429)
+        return "ok"
 
-    async def fake_sleep(seconds: float) -> None:
-        asked.append(seconds)
-
-    monkeypatch.setattr(dispatch, "sleep", fake_sleep)
-    fake = FakeBackend().script(BackendOverloaded("busy", retry_after=2.5, status=429), "ok")
-    async with make_client(fake, retry={"backoff_base": 0.1, "backoff_max": 0.2}) as client:
-        result = await client.infer(req(1))
-    assert result.ok
-    assert len(asked) == 1
-    assert 2.5 <= asked[0] <= 2.6
+    fake = FakeBackend(reply=reply, delay=0.01)
+    async with make_client(fake, backends={"fake": {"concurrency": 1}}) as client:
+        results = await collect(client, [req(i) for i in range(4)])
+    assert all(r.ok for r in results)
+    t429 = sent[0][1]
+    later = [t for _, t in sent[1:]]
+    assert len(later) == 4  # the 429'd item again, and the three others
+    assert min(later) - t429 >= 0.39, "a request went out during the server's Retry-After"
+    got = by_id(results)
+    assert [a.error_type for a in got[sent[0][0]].attempts] == ["BackendOverloaded", None]
+    assert got[sent[0][0]].queue_time >= 0.39
 
 
 # ------------------------------------------------------------------ deadline
@@ -295,34 +353,64 @@ async def test_deadline_bounds_a_single_slow_attempt() -> None:
 
 
 async def test_fallback_after_retries_records_every_attempt() -> None:
-    primary = FakeBackend("primary").script(BackendUnavailable("down"), BackendUnavailable("down"))
+    primary = FakeBackend("primary").script(
+        BackendServerError("HTTP 500", status=500), BackendServerError("HTTP 500", status=500)
+    )
     backup = FakeBackend("backup", reply="from backup")
     async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 2}) as client:
         result = await client.infer(req(1))
     assert result.text == "from backup"
     assert result.backend == "backup"
     assert [(a.backend, a.error_type) for a in result.attempts] == [
-        ("primary", "BackendUnavailable"),
+        ("primary", "BackendServerError"),
+        ("primary", "BackendServerError"),
+        ("backup", None),
+    ]
+
+
+async def test_an_outage_of_the_primary_sends_the_item_to_the_fallback_at_once() -> None:
+    primary = FakeBackend("primary").script(BackendUnavailable("down"))
+    backup = FakeBackend("backup", reply="from backup")
+    async with make_client(primary, backup, fallback=["backup"]) as client:
+        await client.dispatcher.preflight()
+        primary.healthy = False
+        result = await client.infer(req(1))
+    assert result.backend == "backup" and result.text == "from backup"
+    assert [(a.backend, a.error_type) for a in result.attempts] == [
         ("primary", "BackendUnavailable"),
         ("backup", None),
     ]
 
 
-async def test_all_down_is_one_unavailable_naming_each_backend() -> None:
-    primary = FakeBackend("primary").script(*[BackendUnavailable("primary refused")] * 2)
-    backup = FakeBackend("backup").script(*[BackendTimeout("backup timed out")] * 2)
-    async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 2}) as client:
-        with pytest.raises(BackendUnavailable) as info:
+@pytest.mark.parametrize("wait", [0, 0.3], ids=["fail-fast", "gave-up"])
+async def test_all_down_is_one_unavailable_naming_each_backend(wait: float) -> None:
+    """``wait_for_backend`` (the setting under test): 0 fails as soon as the tries are spent."""
+    primary = FakeBackend("primary").always(BackendUnavailable("primary refused"))
+    backup = FakeBackend("backup").always(BackendTimeout("backup timed out"))
+    async with make_client(
+        primary, backup, fallback=["backup"], retry={"max_attempts": 2}, wait_for_backend=wait
+    ) as client:
+        await client.dispatcher.preflight()  # both were up ...
+        primary.healthy = False  # ... then the primary went down
+        with pytest.raises(BackendUnavailable) as info, anyio.fail_after(10):
             await client.infer(req(1))
     text = str(info.value)
     assert "primary" in text and "primary refused" in text
     assert "backup" in text and "backup timed out" in text
+    assert len(backup.calls) == 2
+    if wait:
+        assert "gave up waiting" in text
+        assert len(primary.calls) == 1  # refused once, then only probed until it gave up
 
 
 async def test_mixed_failures_are_a_backend_error_not_unavailable() -> None:
     primary = FakeBackend("primary").script(BackendUnavailable("primary refused"))
     backup = FakeBackend("backup").script(BackendProtocolError("garbage", retryable=False))
-    async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 1}) as client:
+    async with make_client(
+        primary, backup, fallback=["backup"], retry={"max_attempts": 1}, wait_for_backend=0.2
+    ) as client:
+        await client.dispatcher.preflight()
+        primary.healthy = False
         [r] = await collect(client, [req(1)])
     assert r.error is not None
     assert not isinstance(r.error, BackendUnavailable)
@@ -557,38 +645,46 @@ async def test_progress_events() -> None:
         if rid == "retry" and n == 1:
             raise BackendOverloaded("busy", status=503)
         if rid == "fallback":
+            primary.healthy = False  # down until the fallback has answered the item
             raise BackendUnavailable("primary refused")
         if rid == "rejected":
             raise BackendRejected("unknown model", status=404)
         return "ok"
 
+    def backup_reply(request: Request) -> str:
+        primary.healthy = True
+        return "ok"
+
     primary = FakeBackend("primary", reply=primary_reply)
     primary.calls_by_id = {}  # type: ignore[attr-defined]
-    backup = FakeBackend("backup")
+    backup = FakeBackend("backup", reply=backup_reply, delay=0.01)  # the primary's probe is due by then
     events: list[Any] = []
     items = [req("plain"), req("retry"), req("fallback"), req("rejected")]
     items.append(InputError("nope", source="bad.jpg"))
     async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 2}) as client:
-        results = await collect(client, items, concurrency=1, on_event=events.append)
+        results = await collect(client, items, concurrency=1, on_event=events.append, preflight=True)
     assert len(results) == 5
     seq: dict[str, list[tuple[str, str | None, int | None]]] = {}
     for e in events:
         seq.setdefault(e.id, []).append((e.kind, e.backend, e.attempt))
     assert seq["plain"] == [("queued", None, None), ("started", "primary", 1), ("done", "primary", 1)]
-    assert seq["retry"] == [
+    assert seq["retry"] == [  # a 503 is the backend's: the item waits it out and goes again
         ("queued", None, None),
         ("started", "primary", 1),
+        ("requeued", "primary", 1),
         ("retry", "primary", 2),
         ("done", "primary", 2),
     ]
-    assert seq["fallback"] == [
+    assert seq["fallback"] == [  # refused: the primary is out, the fallback takes the item at once
         ("queued", None, None),
         ("started", "primary", 1),
-        ("retry", "primary", 2),
+        ("requeued", "primary", 1),
         ("fallback", "backup", None),
         ("started", "backup", 1),
         ("done", "backup", 1),
     ]
+    backend_events = [(e.kind, e.backend) for e in events if e.id == ""]
+    assert ("paused", "primary") in backend_events and ("outage", "primary") in backend_events
     assert [k for k, _, _ in seq["rejected"]] == ["queued", "started", "failed"]
     assert [k for k, _, _ in seq["bad.jpg"]] == ["queued", "failed"]
     by_kind = {(e.id, e.kind): e for e in events}

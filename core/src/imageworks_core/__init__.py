@@ -17,11 +17,13 @@ __all__ = [
     "Attempt",
     "BackendBase",
     "BackendContext",
+    "BackendDown",
     "BackendError",
     "BackendInfo",
     "BackendOverloaded",
     "BackendProtocolError",
     "BackendRejected",
+    "BackendServerError",
     "BackendSettings",
     "BackendTimeout",
     "BackendUnavailable",
@@ -35,6 +37,7 @@ __all__ = [
     "ImageWorksError",
     "InputError",
     "OpenAICompatBackend",
+    "OutputError",
     "PluginError",
     "PreparedImage",
     "Request",
@@ -56,11 +59,13 @@ _WHERE = {
     "Attempt": "models",
     "BackendBase": "base",
     "BackendContext": "context",
+    "BackendDown": "errors",
     "BackendError": "errors",
     "BackendInfo": "models",
     "BackendOverloaded": "errors",
     "BackendProtocolError": "errors",
     "BackendRejected": "errors",
+    "BackendServerError": "errors",
     "BackendSettings": "settings",
     "BackendTimeout": "errors",
     "BackendUnavailable": "errors",
@@ -69,11 +74,12 @@ _WHERE = {
     "Client": "client",
     "Config": "config",
     "ConfigError": "errors",
-    "Event": "dispatch",
+    "Event": "events",
     "HealthReport": "models",
     "ImageWorksError": "errors",
     "InputError": "errors",
     "OpenAICompatBackend": "openai_compat",
+    "OutputError": "errors",
     "PluginError": "errors",
     "PreparedImage": "models",
     "Request": "models",
@@ -111,19 +117,22 @@ if TYPE_CHECKING:
     from .config import Config
     from .context import BackendContext
     from .discovery import iter_image_paths
-    from .dispatch import Event
     from .errors import (
+        BackendDown,
         BackendError,
         BackendOverloaded,
         BackendProtocolError,
         BackendRejected,
+        BackendServerError,
         BackendTimeout,
         BackendUnavailable,
         ConfigError,
         ImageWorksError,
         InputError,
+        OutputError,
         PluginError,
     )
+    from .events import Event
     from .hookspecs import hookimpl
     from .images import aprepare_image, prepare_image
     from .metrics import prometheus_samples

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -28,10 +28,13 @@ from .config import Config, load_config
 from .context import BackendContext
 from .errors import ImageWorksError, PluginError, redact_url
 from .http import HttpClient
-from .models import Chunk, HealthReport, Request, Result
+from .models import BackendInfo, Chunk, HealthReport, Request, Result
 from .plugins import BackendRegistry
 from .settings import Secret, Settings
 from .transport import Timeouts, Transport, open_transport
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatcher
 
 __all__ = ["Client"]
 
@@ -96,7 +99,7 @@ class Client:
         self._contexts: dict[str, BackendContext] = {}
         self._retired: list[BackendContext] = []
         self._pools: dict[tuple[str, str, int], Transport] = {}
-        self._dispatcher: Any = None
+        self._dispatcher: Dispatcher | None = None
         self._closed = False
 
     # ------------------------------------------------------------ configuration
@@ -187,6 +190,14 @@ class Client:
         self._contexts[name] = ctx
         return ctx
 
+    def hook(self, name: str, hook: str) -> Any:
+        """The caller of backend *name*'s *hook* (``infer``, ``stream``, ``health``)."""
+        return self.registry.caller(name, hook)
+
+    def info(self, name: str) -> BackendInfo:
+        """Backend *name*'s metadata."""
+        return self.registry.get(name).info
+
     def concurrency(self, name: str) -> int:
         return self.settings.concurrency or self.settings.backend_settings(name).concurrency
 
@@ -219,7 +230,7 @@ class Client:
     # ------------------------------------------------------------ calls
 
     @property
-    def dispatcher(self) -> Any:
+    def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
             from .dispatch import Dispatcher
 

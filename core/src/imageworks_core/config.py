@@ -312,7 +312,7 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str, from_env: bool) -> An
 
 def _build(cls: type, values: Mapping[str, tuple[Any, str, bool]], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in attrs.fields(cls)}
+    fields = {f.name: f for f in attrs.fields(cls)}
     kwargs = {}
     for k, (value, source, from_env) in values.items():
         key = f"{prefix}{k}"
@@ -322,6 +322,13 @@ def _build(cls: type, values: Mapping[str, tuple[Any, str, bool]], prefix: str) 
                 f"unknown key {key!r}", source=source, key=key, hint=f"known keys here: {known}"
             )
         kwargs[k] = _coerce(value, hints[k], key=key, source=source, from_env=from_env)
+        check = fields[k].validator
+        what = getattr(check, "what", None)
+        if what is not None and check is not None:
+            try:
+                check(None, fields[k], kwargs[k])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be {what}, got {value!r}", source=source, key=key) from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -484,12 +491,3 @@ def _check_names(
             source=sources.get("transport"),
             key="transport",
         )
-    for key, value, minimum in (
-        ("max_tokens", settings.max_tokens, 1),
-        ("concurrency", settings.concurrency, 1),
-        ("retry.max_attempts", settings.retry.max_attempts, 1),
-    ):
-        if value is not None and value < minimum:
-            raise ConfigError(
-                f"{key} must be at least {minimum}, got {value}", source=sources.get(key), key=key
-            )

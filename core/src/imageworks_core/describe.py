@@ -20,8 +20,8 @@ import attrs
 
 from .client import Client
 from .discovery import iter_image_paths
-from .dispatch import Event
 from .errors import BackendError, BackendProtocolError, ImageWorksError, InputError, PluginError, redact_url
+from .events import Event
 from .models import Attempt, Request, Result, Usage
 from .outputs import (
     JsonlWriter,

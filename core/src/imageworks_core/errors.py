@@ -3,13 +3,21 @@
     ImageWorksError
     ├── ConfigError                 bad file / key / value (file and key named)
     ├── PluginError                 a plugin failed to load or broke its contract
-    ├── BackendError                anything a backend said or failed to say
-    │   ├── BackendUnavailable      refused / DNS / not ready          (retryable)
-    │   ├── BackendTimeout          connect / read / stream-idle       (retryable)
-    │   ├── BackendOverloaded       429 / 503, carries retry_after     (retryable)
-    │   ├── BackendRejected         4xx: bad request, unknown model, too many images
-    │   └── BackendProtocolError    malformed body / stream, in-band stream error
-    └── InputError                  unreadable / unsupported / oversized image
+    ├── OutputError                 a sidecar / results file could not be written
+    ├── InputError                  unreadable / unsupported / oversized image      item
+    └── BackendError                anything a backend said or failed to say
+        ├── BackendUnavailable      refused / reset / DNS / 502 / 504 / loading      OUTAGE
+        │   └── BackendDown         gave up waiting for it, or it failed for good    final
+        ├── BackendOverloaded       429 / 503, carries retry_after                   OUTAGE (pause)
+        ├── BackendTimeout          read / stream-idle / one try's total time        item, retryable
+        ├── BackendRejected         4xx: bad request, unknown model, too many images item, final
+        └── BackendProtocolError    malformed body / stream, in-band stream error    item
+            └── BackendServerError  HTTP 5xx other than 502/503/504                  item, retryable
+
+The class decides who is to blame (``outage``): the dispatcher puts a backend
+whose request failed with an ``outage`` error into an outage state (the item
+goes back to the queue, its attempts untouched); every other error is the
+item's and counts against its ``max_attempts`` (when ``retryable``) or ends it.
 
 Every message says what happened, where, and what to do next.  ``hint`` holds
 the "what to do next" part separately so a CLI can print it on its own line.
@@ -27,9 +35,12 @@ __all__ = [
     "BackendRejected",
     "BackendTimeout",
     "BackendUnavailable",
+    "BackendDown",
+    "BackendServerError",
     "ConfigError",
     "ImageWorksError",
     "InputError",
+    "OutputError",
     "PluginError",
     "redact_url",
 ]
@@ -54,9 +65,14 @@ class ImageWorksError(Exception):
     Attributes:
         message: What happened and where.
         hint: What to do next (a command, a config key), or ``None``.
+        retryable: A new try of the same request may succeed.
+        outage: The backend, not the request, failed: the backend goes into an
+            outage (or a pause) and the request waits for it without using up
+            its attempts.  Decided by the class.
     """
 
     retryable: bool = False
+    outage: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
@@ -141,9 +157,36 @@ class BackendError(ImageWorksError, RuntimeError):
 
 
 class BackendUnavailable(BackendError, ConnectionError):
-    """Connection refused / reset, DNS failure, or the server is not ready yet."""
+    """Connection refused / reset, DNS failure, a bad gateway, or the server is not ready yet."""
 
     retryable = True
+    outage = True
+
+
+class BackendDown(BackendUnavailable):
+    """The backend stayed unavailable past ``wait_for_backend``, or cannot serve at all.
+
+    Final: neither retried nor waited for again by the request that got it.
+
+    Attributes:
+        down_for: Seconds the backend had been unavailable, when known.
+    """
+
+    retryable = False
+    outage = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        down_for: float | None = None,
+        backend: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.down_for = down_for
+        super().__init__(message, backend=backend, url=url, status=status, hint=hint)
 
 
 class BackendTimeout(BackendError, TimeoutError):
@@ -160,6 +203,7 @@ class BackendOverloaded(BackendError):
     """
 
     retryable = True
+    outage = True
 
     def __init__(
         self,
@@ -182,8 +226,8 @@ class BackendRejected(BackendError, ValueError):
 class BackendProtocolError(BackendError):
     """Malformed body or stream, or an error reported inside an HTTP 200 stream.
 
-    Server-side failures (HTTP 5xx other than 503, a bad gateway) are reported
-    as this class with ``retryable`` set on the instance when a retry may help.
+    ``retryable`` (given when it is raised) says whether the same request may
+    succeed on a new try: a cut stream may, a model that raised on this input not.
     """
 
     def __init__(
@@ -198,6 +242,34 @@ class BackendProtocolError(BackendError):
     ) -> None:
         self.retryable = retryable
         super().__init__(message, backend=backend, url=url, status=status, hint=hint)
+
+
+class BackendServerError(BackendProtocolError):
+    """The server failed on this request: HTTP 5xx other than 502 / 503 / 504 (retryable)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        backend: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, retryable=retryable, backend=backend, url=url, status=status, hint=hint)
+
+
+class OutputError(ImageWorksError):
+    """An output (sidecar, metadata in an image, results file) could not be written.
+
+    Attributes:
+        path: The file that was being written or merged into, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(message, hint=hint)
 
 
 class InputError(ImageWorksError, ValueError):

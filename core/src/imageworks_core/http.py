@@ -20,6 +20,7 @@ from .errors import (
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
+    BackendServerError,
     BackendUnavailable,
     redact_url,
 )
@@ -143,7 +144,9 @@ def error_from_response(
         return BackendRejected(text, **kw)
     if status in (502, 504):
         return BackendUnavailable(text, hint=hint, **kw)
-    return BackendProtocolError(text, retryable=status >= 500, **kw)
+    if status >= 500:
+        return BackendServerError(text, **kw)
+    return BackendProtocolError(text, **kw)
 
 
 def _decode_json(resp: HttpResponse, *, backend: str, url: str) -> Any:

@@ -165,12 +165,16 @@ class Result:
         backend: The backend that answered (or was last tried).
         model: The model that answered, as the server named it.
         usage: Token counts.
-        latency: Seconds from the first try to the answer.
+        latency: Seconds the answering try took (the server's time for this
+            request, from the moment it had a slot); on failure, the last try's.
         finish_reason: ``stop``, ``length`` ... as the server said.
-        attempts: Every try, in order.
+        attempts: Every try, in order (outages the request waited out included).
         id: The request's ``id`` (or the item's identity in ``map``).
         error: The error that ended the request, or ``None``.
         item: The input item of ``Client.map`` (not serialised).
+        queue_time: Seconds spent waiting for a free slot, or for a backend to
+            come back from an outage (not part of ``latency``).
+        base_url: The endpoint that answered (or was last tried), credentials removed.
     """
 
     text: str = ""
@@ -183,6 +187,8 @@ class Result:
     id: str | None = None
     error: ImageWorksError | None = None
     item: Any = attrs.field(default=None, eq=False, repr=False)
+    queue_time: float = 0.0
+    base_url: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -22,6 +22,7 @@ from .errors import (
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
+    BackendServerError,
     redact_url,
 )
 from .hookspecs import hookimpl
@@ -55,12 +56,12 @@ def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str, where: str)
         exc.message = f"{exc.message} (reported {where})"
         exc.args = (str(exc) if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
         return exc
-    return BackendProtocolError(
+    cls = BackendServerError if status >= 500 else BackendProtocolError
+    return cls(
         f"{backend} at {redact_url(url)} reported an error {where}: {extract_error_message(obj)}",
         backend=backend,
         url=url,
         status=status,
-        retryable=status >= 500,
     )
 
 

@@ -9,7 +9,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from .dispatch import Event
+from .events import Event
 
 __all__ = ["Progress"]
 

@@ -5,33 +5,70 @@ This is the project's one retry layer: no SDK or transport below it retries.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import random
 import time
+from collections.abc import Iterator
 
 import attrs
 
 from .errors import BackendError, BackendOverloaded, BackendUnavailable, ImageWorksError, InputError
 from .settings import RetrySettings
 
-__all__ = ["Breaker", "backoff_delay", "is_testing", "set_testing", "sleep"]
+__all__ = [
+    "Breaker",
+    "backoff_delay",
+    "is_testing",
+    "scaled",
+    "set_testing",
+    "sleep",
+    "testing",
+]
 
-_testing = {"on": False}
+_time_scale = {"value": 1.0}
 
 
-def set_testing(on: bool = True) -> None:
-    """Turn retry sleeps off (tests).  Also on when ``IMAGEWORKS_TESTING=1``."""
-    _testing["on"] = on
+def set_testing(on: bool = True, *, time_scale: float = 0.0) -> None:
+    """Shorten the dispatcher's waits, for tests: each is multiplied by *time_scale* while *on*.
+
+    Exactly what changes: the backoff between tries, ``Retry-After`` pauses, and
+    the pauses between health probes of a backend that is out (probes stay at
+    least a millisecond apart).  Nothing else: attempt counts, timeouts,
+    ``wait_for_backend`` and every other limit or policy keep their values, so
+    a test still proves what users get.  Only code turns this on (the
+    ``imageworks_testing`` pytest fixture, a test's own call); no environment
+    variable does.
+    """
+    if on and not (time_scale >= 0):
+        raise ValueError(f"time_scale must be >= 0, not {time_scale!r}")
+    _time_scale["value"] = time_scale if on else 1.0
+
+
+@contextlib.contextmanager
+def testing(time_scale: float = 0.0) -> Iterator[None]:
+    """``set_testing(True, time_scale=...)`` for the duration of a ``with`` block, then restored."""
+    before = _time_scale["value"]
+    set_testing(True, time_scale=time_scale)
+    try:
+        yield
+    finally:
+        _time_scale["value"] = before
 
 
 def is_testing() -> bool:
-    return _testing["on"] or os.environ.get("IMAGEWORKS_TESTING") == "1"
+    return _time_scale["value"] != 1.0
+
+
+def scaled(seconds: float) -> float:
+    """*seconds* under the testing time scale (``set_testing``)."""
+    return seconds * _time_scale["value"]
 
 
 async def sleep(seconds: float) -> None:
     import anyio
 
-    if seconds > 0 and not is_testing():
+    seconds = scaled(seconds)
+    if seconds > 0:
         await anyio.sleep(seconds)
     else:
         await anyio.lowlevel.checkpoint()

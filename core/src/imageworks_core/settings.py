@@ -7,7 +7,8 @@ those keys live in the backend's own section and never leak into another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +51,27 @@ class Secret:
 
     def __reduce__(self):  # pickling is allowed (multiprocessing), printing is not
         return (Secret, (self._value,))
+
+
+def _number_check(what: str, ok: Callable[[float], bool]) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator: numbers must be finite and satisfy *ok* (``None`` passes)."""
+
+    def check(_inst: Any, attribute: Any, value: Any) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{attribute.name} must be a number, not {value!r}")
+        if not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{attribute.name} must be {what}, not {value!r}")
+
+    check.what = what  # type: ignore[attr-defined]  # config.py names the rule in its errors
+    return check
+
+
+#: Validators shared by the settings classes (config.py reports them with the key and its source).
+AT_LEAST_ONE = _number_check("a whole number >= 1", lambda v: v >= 1 and v == int(v))
+POSITIVE = _number_check("a finite number of seconds > 0", lambda v: v > 0)
+NOT_NEGATIVE = _number_check("a finite number >= 0", lambda v: v >= 0)
 
 
 def _to_secret(value: str | Secret | None) -> Secret | None:
@@ -103,9 +125,12 @@ class BackendSettings:
         model: Model to ask for (``None``: the only model the server serves).
         api_key: The key itself (prefer ``api_key_env``); never printed.
         api_key_env: Name of the environment variable holding the key.
-        timeout: Read timeout per request, seconds.
+        timeout: Longest time one non-streamed try may take in total (connect,
+            send, wait, read), and the longest wait for a streamed answer's
+            headers; seconds.
         connect_timeout: Connect timeout, seconds.
-        stream_idle_timeout: Longest silence inside a stream, seconds.
+        stream_idle_timeout: Longest silence inside a stream, seconds (a stream
+            has no total limit).
         concurrency: Requests in flight to this backend at once.
         headers: Extra HTTP headers sent with every request.
         extra_body: Extra fields merged into every request body.
@@ -115,10 +140,10 @@ class BackendSettings:
     model: str | None = None
     api_key: Secret | None = attrs.field(default=None, converter=_to_secret)
     api_key_env: str | None = None
-    timeout: float = 120.0
-    connect_timeout: float = 5.0
-    stream_idle_timeout: float = 60.0
-    concurrency: int = 8
+    timeout: float = attrs.field(default=120.0, validator=POSITIVE)
+    connect_timeout: float = attrs.field(default=5.0, validator=POSITIVE)
+    stream_idle_timeout: float = attrs.field(default=60.0, validator=POSITIVE)
+    concurrency: int = attrs.field(default=8, validator=AT_LEAST_ONE)
     headers: Mapping[str, str] = attrs.field(factory=dict)
     extra_body: Mapping[str, Any] = attrs.field(factory=dict)
 
@@ -128,20 +153,24 @@ class RetrySettings:
     """How the dispatcher retries, falls back and cools a backend down.
 
     Attributes:
-        max_attempts: Tries per backend for one item (1 = no retry).
+        max_attempts: Tries per backend for one item (1 = no retry).  Only
+            failures caused by the item count (see ``errors.py``); a backend's
+            outage does not use them up.
         backoff_base: First backoff ceiling, seconds (full jitter below it).
         backoff_max: Largest backoff, seconds.
-        deadline: Total seconds one item may take across tries and backends.
+        deadline: Seconds one item may spend trying (its tries and the backoff
+            between them), across backends; time spent waiting for a free slot
+            or for a backend to come back is not counted.
         cooldown_after: Consecutive failures that put a backend in cooldown.
         cooldown: Seconds a backend is skipped before it is probed again.
     """
 
-    max_attempts: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    deadline: float = 600.0
-    cooldown_after: int = 5
-    cooldown: float = 30.0
+    max_attempts: int = attrs.field(default=4, validator=AT_LEAST_ONE)
+    backoff_base: float = attrs.field(default=0.5, validator=NOT_NEGATIVE)
+    backoff_max: float = attrs.field(default=30.0, validator=NOT_NEGATIVE)
+    deadline: float = attrs.field(default=600.0, validator=POSITIVE)
+    cooldown_after: int = attrs.field(default=5, validator=AT_LEAST_ONE)
+    cooldown: float = attrs.field(default=30.0, validator=NOT_NEGATIVE)
 
 
 @attrs.frozen(slots=True)
@@ -155,6 +184,10 @@ class Settings:
         temperature: Sampling temperature (``None``: the server's default).
         max_pixels: Pixel budget images are downscaled to before sending.
         concurrency: Overrides every backend's own concurrency when set.
+        wait_for_backend: Longest time, in seconds, a batch waits for a backend
+            that went down (or is still loading its model) to come back before
+            its remaining items fail; ``0`` fails fast (outage errors then use
+            up the items' attempts like any other retryable error).
         strict_model: Fail items whose model override a backend cannot honour.
         transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``.
         retry: Retry, fallback and cooldown policy.
@@ -163,10 +196,11 @@ class Settings:
 
     backend: str = "vllm"
     fallback: tuple[str, ...] = ()
-    max_tokens: int = 512
-    temperature: float | None = None
-    max_pixels: int = 1_000_000
-    concurrency: int | None = None
+    max_tokens: int = attrs.field(default=512, validator=AT_LEAST_ONE)
+    temperature: float | None = attrs.field(default=None, validator=NOT_NEGATIVE)
+    max_pixels: int = attrs.field(default=1_000_000, validator=AT_LEAST_ONE)
+    concurrency: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    wait_for_backend: float = attrs.field(default=600.0, validator=NOT_NEGATIVE)
     strict_model: bool = False
     transport: str = "auto"
     retry: RetrySettings = RetrySettings()

@@ -21,7 +21,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import PurePath
 
-from imageworks_core.errors import ImageWorksError
+from imageworks_core.errors import OutputError
 
 __all__ = [
     "OutputError",
@@ -37,18 +37,6 @@ __all__ = [
 # (those are handled first, see xml_safe_text).
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class OutputError(ImageWorksError):
-    """An output (sidecar, metadata in an image, results file) could not be written.
-
-    Attributes:
-        path: The file that was being written or merged into, when known.
-    """
-
-    def __init__(self, message: str, *, path: str | None = None, hint: str | None = None) -> None:
-        self.path = path
-        super().__init__(message, hint=hint)
 
 
 def xml_safe_text(text: str) -> str:

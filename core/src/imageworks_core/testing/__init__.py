@@ -6,7 +6,7 @@
   scriptable per request (``imageworks_core.testing.fake_server``).
 - ``BackendConformance``: the conformance suite a backend plugin's tests
   subclass (``imageworks_core.testing.conformance``; imports pytest).
-- ``set_testing``: turn retry sleeps off (also ``IMAGEWORKS_TESTING=1``).
+- ``set_testing``: shorten the dispatcher's waits (backoff, pauses, probes) in tests; nothing else.
 - The pytest plugin (``imageworks_core.testing.pytest_plugin``, registered
   through the ``pytest11`` entry point) provides the fixtures
   ``imageworks_fake``, ``imageworks_client_factory`` and ``imageworks_openai_server``.

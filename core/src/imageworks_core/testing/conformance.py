@@ -40,7 +40,7 @@ import time
 import types
 import typing
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import anyio
@@ -60,6 +60,7 @@ from ..errors import (
 )
 from ..models import BackendInfo, Capabilities, Chunk, HealthReport, PreparedImage, Request, Result
 from ..plugins import ENTRY_POINT_GROUP, BackendRegistry
+from ..retry import testing
 from ..settings import BackendSettings, Secret, normalise_base_url
 
 __all__ = [
@@ -372,8 +373,8 @@ class BackendConformance:
     @pytest.fixture(autouse=True)
     def _conformance_environment(
         self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-    ) -> None:
-        """No IMAGEWORKS_* variables from the shell, no user config file, no retry sleeps."""
+    ) -> Iterator[None]:
+        """No IMAGEWORKS_* variables from the shell, no user config file, short waits (``set_testing``)."""
         reason = self.known_failures.get(getattr(request.function, "__name__", ""))
         if reason:
             request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
@@ -381,9 +382,10 @@ class BackendConformance:
             if var.startswith("IMAGEWORKS_") and not var.startswith("IMAGEWORKS_TEST_"):
                 monkeypatch.delenv(var)
         monkeypatch.setenv("IMAGEWORKS_CONFIG_FILE", str(tmp_path / "no-user-config.toml"))
-        monkeypatch.setenv("IMAGEWORKS_TESTING", "1")
         if not self.backend:
             pytest.fail(f"{type(self).__name__}: set the class attribute `backend` to the backend's name")
+        with testing():
+            yield
 
     @pytest.fixture
     def backend_plugin(self) -> Any:

@@ -29,10 +29,20 @@ def imageworks_fake() -> Any:
 
 
 @pytest.fixture
-def imageworks_client_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
-    from ..client import Client
+def imageworks_testing() -> Iterator[None]:
+    """The dispatcher's waits (backoff, Retry-After pauses, probe intervals) shortened to nothing.
 
-    monkeypatch.setenv("IMAGEWORKS_TESTING", "1")
+    Attempt counts, timeouts and every other limit keep their defaults; see ``set_testing``.
+    """
+    from ..retry import testing
+
+    with testing():
+        yield
+
+
+@pytest.fixture
+def imageworks_client_factory(imageworks_testing: None) -> Iterator[Callable[..., Any]]:
+    from ..client import Client
 
     def make(*plugins: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("entry_points", False)

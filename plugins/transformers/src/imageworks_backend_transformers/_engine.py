@@ -20,10 +20,10 @@ from typing import Any
 import attrs
 
 from imageworks_core import (
+    BackendDown,
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
-    BackendUnavailable,
     ConfigError,
     ImageWorksError,
     InputError,
@@ -161,14 +161,12 @@ def not_available_error(backend: str, location: ModelLocation) -> ImageWorksErro
             key=f"backends.{backend}.model",
             hint=_model_hint(DEFAULT_MODEL if location.ref.startswith((".", "/", "~")) else location.ref),
         )
-    exc = BackendUnavailable(
+    return BackendDown(  # final: nothing changes on a retry
         f"{backend}: model {location.ref!r} is {location.why}, and downloads are off "
         "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / local_files_only)",
         backend=backend,
         hint=_model_hint(location.ref),
     )
-    exc.retryable = False  # nothing changes on a retry
-    return exc
 
 
 class Engine:
@@ -497,21 +495,18 @@ def probe_hub(backend: str, ref: str, timeout: float = 10.0) -> None:
         )
 
 
-def closing_error(backend: str) -> BackendUnavailable:
+def closing_error(backend: str) -> BackendDown:
     """The client is closing and the model is gone: final for this request, no retry."""
-    exc = BackendUnavailable(
+    return BackendDown(
         f"{backend}: the model was unloaded (the client is closing)",
         backend=backend,
         hint="send requests before closing the client, or use a new client",
     )
-    exc.retryable = False
-    return exc
 
 
-def _unavailable(message: str, backend: str, hint: str) -> BackendUnavailable:
-    exc = BackendUnavailable(message, backend=backend, hint=hint)
-    exc.retryable = False  # the same load fails the same way on an immediate retry
-    return exc
+def _unavailable(message: str, backend: str, hint: str) -> BackendDown:
+    # final: the same load fails the same way on an immediate retry, and waiting does not help
+    return BackendDown(message, backend=backend, hint=hint)
 
 
 def _resolve_device(backend: str, setting: str, torch: Any) -> str:
