@@ -25,6 +25,7 @@ from imageworks_core.errors import (
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
+    BackendServerError,
     BackendTimeout,
     BackendUnavailable,
 )
@@ -379,7 +380,7 @@ SHAPES = [
         "plain text (HF serve 500)",
         500,
         "Internal Server Error",
-        BackendProtocolError,
+        BackendServerError,
         "Internal Server Error",
     ),
     shape("JSON as text/plain", 400, '{"message": "bad image"}', BackendRejected, "bad image", "text/plain"),
@@ -491,8 +492,8 @@ def test_error_message_is_bounded() -> None:
         (503, "busy", BackendOverloaded),
         (502, "bad gateway", BackendUnavailable),
         (504, "gateway timeout", BackendUnavailable),
-        (500, "oops", BackendProtocolError),
-        (501, "unsupported", BackendProtocolError),
+        (500, "oops", BackendServerError),
+        (501, "unsupported", BackendServerError),
     ],
 )
 def test_error_from_response_status_mapping(status: int, message: str, error: type[BackendError]) -> None:
@@ -502,5 +503,53 @@ def test_error_from_response_status_mapping(status: int, message: str, error: ty
     assert exc.backend == "vllm" and exc.status == status
     assert message in exc.message and f"HTTP {status}" in exc.message
     assert "pw" not in str(exc) and "abc" not in str(exc) and "abc" not in str(exc.url)
-    if error is BackendProtocolError:
+    if issubclass(error, BackendProtocolError):
         assert exc.retryable is (status >= 500)
+
+
+# ------------------------------------------------------------------ redirects and long lines
+
+
+@TRANSPORTS
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+async def test_a_redirect_is_reported_as_one_and_not_followed(
+    faulty: Any, transport: Transport, streamed: bool
+) -> None:
+    elsewhere = "http://user:hunter2@127.0.0.1:9/v1/chat/completions"
+    faulty.script(
+        [{"match": {"path": CHAT}, "fault": "status", "status": 307, "headers": {"Location": elsewhere}}]
+    )
+    client = http(transport, faulty.v1)
+    with pytest.raises(BackendRejected) as info:
+        if streamed:
+            async with client.stream("POST", "chat/completions", body=chat_body("r", stream=True)):
+                pass
+        else:
+            await client.post_json("chat/completions", chat_body("r"))
+    text = str(info.value)
+    assert "redirect (HTTP 307)" in text and "not followed" in text, text
+    assert "hunter2" not in text and "127.0.0.1:9/v1/chat/completions" in text
+    assert not info.value.retryable
+    assert len(faulty.log(CHAT)) == 1  # asked once, nothing sent to the other address
+
+
+@TRANSPORTS
+async def test_an_sse_line_over_512_kib_is_read_whole(faulty: Any, transport: Transport) -> None:
+    big = "x" * (600 * 1024)
+    event = {"choices": [{"index": 0, "delta": {"content": big}, "finish_reason": None}]}
+    body = f"data: {json.dumps(event)}\r\n\r\ndata: [DONE]\r\n\r\n"
+    faulty.script(
+        [
+            {
+                "match": {"path": CHAT},
+                "fault": "status",
+                "status": 200,
+                "body": body,
+                "content_type": "text/event-stream",
+            }
+        ]
+    )
+    client = http(transport, faulty.v1)
+    async with client.stream("POST", "chat/completions", body=chat_body("big", stream=True)) as resp:
+        events = [e async for e in iter_sse_data(resp, backend="testbackend", url=faulty.v1)]
+    assert len(events) == 1 and events[0]["choices"][0]["delta"]["content"] == big

@@ -26,7 +26,14 @@ from .errors import (
 )
 from .transport import HttpResponse, StreamResponse, Timeouts, Transport
 
-__all__ = ["HttpClient", "error_from_response", "extract_error_message", "iter_sse_data", "parse_retry_after"]
+__all__ = [
+    "HttpClient",
+    "error_from_response",
+    "extract_error_message",
+    "iter_sse_data",
+    "parse_retry_after",
+    "redirect_error",
+]
 
 _MAX_MESSAGE = 500
 
@@ -149,6 +156,20 @@ def error_from_response(
     return BackendProtocolError(text, **kw)
 
 
+def redirect_error(status: int, headers: Mapping[str, str], *, backend: str, url: str) -> BackendRejected:
+    """A 3xx answer: reported as a redirect, never followed (the API key must not go elsewhere)."""
+    target = headers.get("location")
+    to = f" to {redact_url(target)}" if target else ""
+    return BackendRejected(
+        f"{backend} at {redact_url(url)} answered with a redirect (HTTP {status}){to}; "
+        "redirects are not followed, so that the API key is never sent to another address",
+        backend=backend,
+        url=url,
+        status=status,
+        hint="set the backend's base_url to the address the server redirects to",
+    )
+
+
 def _decode_json(resp: HttpResponse, *, backend: str, url: str) -> Any:
     try:
         return json.loads(resp.body)
@@ -226,34 +247,43 @@ class HttpClient:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        """Send and return the response whatever its status (no error mapping)."""
+        """Send and return the response whatever its status (no error mapping).
+
+        Raises:
+            BackendRejected: The server answered with a redirect (never followed).
+        """
         url = self.url(path)
         hdrs = self._json_headers if body is not None else self._headers
         if headers:
             hdrs = {**hdrs, **headers}
         try:
-            return await self.transport.request(
+            resp = await self.transport.request(
                 method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             )
         except BackendError as exc:
             raise self._enrich(exc, url) from exc.__cause__
+        if 300 <= resp.status < 400:
+            raise redirect_error(resp.status, resp.headers, backend=self.backend, url=url)
+        return resp
 
     def error(self, resp: HttpResponse, path: str) -> BackendError:
         return error_from_response(
             resp.status, resp.headers, resp.body, backend=self.backend, url=self.url(path), hint=self.hint
         )
 
-    async def get_json(self, path: str, *, timeout: float | None = None) -> Any:
-        resp = await self.request("GET", path, timeout=timeout)
+    def _check(self, resp: HttpResponse, path: str) -> None:
         if resp.status >= 400:
             raise self.error(resp, path)
+
+    async def get_json(self, path: str, *, timeout: float | None = None) -> Any:
+        resp = await self.request("GET", path, timeout=timeout)
+        self._check(resp, path)
         return _decode_json(resp, backend=self.backend, url=self.url(path))
 
     async def post_json(self, path: str, body: bytes, *, timeout: float | None = None) -> Any:
         """POST a pre-encoded JSON body; return the decoded answer or raise the mapped error."""
         resp = await self.request("POST", path, body=body, timeout=timeout)
-        if resp.status >= 400:
-            raise self.error(resp, path)
+        self._check(resp, path)
         return _decode_json(resp, backend=self.backend, url=self.url(path))
 
     @contextlib.asynccontextmanager
@@ -283,6 +313,8 @@ class HttpClient:
                     raise error_from_response(
                         resp.status, resp.headers, data, backend=self.backend, url=url, hint=self.hint
                     )
+                if 300 <= resp.status < 400:
+                    raise redirect_error(resp.status, resp.headers, backend=self.backend, url=url)
                 yield resp
         except BackendError as exc:
             enriched = self._enrich(exc, url)

@@ -213,15 +213,17 @@ class _AiohttpStream:
             ) from exc
 
     async def lines(self) -> AsyncIterator[bytes]:
+        """Lines of any length, split here as httpx does (aiohttp's ``readline`` stops at 128 KiB)."""
         import asyncio
 
         import aiohttp
 
         content = self._resp.content
+        buf = bytearray()
         while True:
             try:
                 async with asyncio.timeout(self._idle):
-                    line = await content.readline()
+                    data = await content.readany()
             except TimeoutError as exc:
                 raise BackendTimeout(
                     f"stream from {self._shown} went silent for {self._idle}s", url=self._url
@@ -232,11 +234,17 @@ class _AiohttpStream:
                     url=self._url,
                     retryable=True,
                 ) from exc
-            if not line:
-                if not content.at_eof():  # pragma: no cover - defensive
-                    continue
+            if not data:
+                if buf:
+                    yield bytes(buf).rstrip(b"\r")
                 return
-            yield line.rstrip(b"\r\n")
+            scan = len(buf)  # only the new bytes can hold the next newline
+            buf += data
+            start = 0
+            while (nl := buf.find(b"\n", scan)) >= 0:
+                yield bytes(buf[start:nl]).rstrip(b"\r")
+                start = scan = nl + 1
+            del buf[:start]
 
 
 class AiohttpTransport:
