@@ -122,9 +122,11 @@ def sent(log: list[dict[str, Any]]) -> collections.Counter[str]:
 
 
 def answered(log: list[dict[str, Any]]) -> collections.Counter[str]:
-    """How many successful (HTTP 200, written) answers the server gave per item id."""
+    """How many successful (HTTP 200, written) answers the server gave per item id (``delay`` answers too)."""
     return collections.Counter(
-        str(e["request_id"]) for e in log if e["status"] == 200 and e["completed"] and e["fault"] == "ok"
+        str(e["request_id"])
+        for e in log
+        if e["status"] == 200 and e["completed"] and e["fault"] in ("ok", "delay")
     )
 
 
@@ -160,6 +162,11 @@ async def test_server_killed_mid_batch_and_restarted(real_sleeps: None, down_s: 
         arrived: list[float] = []
         restarted_at: list[float] = []
         events: list[Any] = []
+        stamped: list[tuple[float, Any]] = []
+
+        def on_event(e: Any) -> None:
+            events.append(e)
+            stamped.append((time.monotonic(), e))
 
         async def restart() -> None:
             await anyio.sleep(down_s)
@@ -170,7 +177,7 @@ async def test_server_killed_mid_batch_and_restarted(real_sleeps: None, down_s: 
         async with make_client(base + "/v1") as client, anyio.create_task_group() as tg:
             with anyio.fail_after(down_s + 90):
                 async with client.map(
-                    [req(i) for i in range(300)], on_event=events.append, preflight=True
+                    [req(i) for i in range(300)], on_event=on_event, preflight=True
                 ) as stream:
                     async for r in stream:
                         results.append(r)
@@ -208,11 +215,17 @@ async def test_server_killed_mid_batch_and_restarted(real_sleeps: None, down_s: 
     kinds = [e.kind for e in events if e.id == ""]
     assert kinds.count("outage") == 1 and kinds.count("recovered") == 1, kinds
     assert len(outages) == 1 and outages[0][2] >= down_s - 0.5
-    # back to work soon after the server returned: within the next probe (at most 15 s apart) + 2 s
+    # back to work soon after the server returned: the next probe (at most 15 s apart) finds it,
+    # and the first new answer follows within 2 s of that probe
     first_after = min(t for t in arrived[100:] if t >= restarted_at[0])
+    recovered_at = next(t for t, e in stamped if e.kind == "recovered")
     back_in = first_after - restarted_at[0]
-    print(f"\nkilled for {down_s:g}s: first new answer {back_in:.2f}s after the server was back")
+    print(
+        f"\nkilled for {down_s:g}s: first new answer {back_in:.2f}s after the server was back, "
+        f"{first_after - recovered_at:.2f}s after the probe that found it"
+    )
     assert back_in < 15.0 + 2.0
+    assert first_after - recovered_at < 2.0
 
 
 # ------------------------------------------------------------------ overload: 429 / 503
@@ -290,6 +303,43 @@ async def test_retry_after_is_honoured(faulty: Any, real_sleeps: None, status: i
         assert got[rid].attempts[0].status == status
     assert_rest_complete(got, log, {"1", "2"})
     assert elapsed < 8.0
+
+
+@pytest.mark.slow
+async def test_a_429_storm_pauses_the_backend_once(faulty: Any, real_sleeps: None) -> None:
+    """64 requests in flight all get ``429 Retry-After: 2``: one shared pause, ~no requests during it."""
+    faulty.script(
+        [
+            {
+                "match": {"path": CHAT},
+                "fault": "status",
+                "status": 429,
+                "headers": {"Retry-After": "2"},
+                "delay_s": 0.5,  # so that all 64 are in flight before the first answer
+                "times": 64,
+            }
+        ]
+    )
+    events: list[Any] = []
+    # the test is about 64 requests in flight: concurrency is the setting under test
+    async with make_client(faulty.v1, openai={"concurrency": 64}) as client:
+        results = await collect(client, [req(i) for i in range(64)], on_event=events.append)
+    got = by_id(results)
+    assert set(got) == {str(i) for i in range(64)} and all(r.ok for r in results)
+    log = faulty.log(CHAT)
+    storm = [e for e in log if e["status"] == 429]
+    assert len(storm) == 64, "not all 64 were in flight together"
+    first_answer = min(e["time"] + e["duration_s"] for e in storm)
+    last_storm_arrival = max(e["time"] for e in storm)
+    during = [e for e in log if first_answer < e["time"] < first_answer + 1.95 and e["status"] != 429]
+    print(f"\n429 storm: {len(during)} requests during the 2 s Retry-After pause")
+    assert not during, during
+    assert last_storm_arrival < first_answer
+    paused = [e for e in events if e.id == "" and e.kind == "paused"]
+    assert len(paused) == 1, paused
+    # every item was answered once after the pause, no attempt used for the backend's 429
+    assert set(answered(log).values()) == {1} and len(answered(log)) == 64
+    assert all(len([a for a in r.attempts if a.error is None]) == 1 for r in results)
 
 
 # ------------------------------------------------------------------ slow, malformed, cut, reset

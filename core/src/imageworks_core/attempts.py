@@ -378,6 +378,7 @@ class ItemRunner:
             id=st.rid,
             error=err,
             item=st.item,
+            base_url=ep.url if (ep := self.endpoints.get(backend)) is not None else None,
         )
         if on_event:
             on_event(Event("failed", st.rid, backend=backend, error=err, result=result))
@@ -475,7 +476,7 @@ def _log_attempt(
     latency: float,
     exc: BaseException | None,
     *,
-    level: int = logging.DEBUG,
+    level: int = logging.INFO,
 ) -> None:
     fields: dict[str, Any] = {
         "event": "attempt",

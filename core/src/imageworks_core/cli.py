@@ -4,8 +4,8 @@ Heavy modules are imported inside the command functions so ``imageworks
 --help`` stays fast; the work itself lives in ``describe.py`` and the client.
 
 Exit codes: 0 success; 1 some images failed (or a backend is not ready, for
-``health``); 2 bad usage or configuration; 3 no backend could be reached;
-130 interrupted.
+``health``); 2 bad usage or configuration; 3 no backend could be reached (at
+the start, or it stayed down past ``--wait-for-backend``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -57,6 +57,13 @@ def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
         )
     g.add_argument("--fallback", metavar="A,B", help="backends to try in order when the first is down")
     g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per backend (default: 8)")
+    g.add_argument(
+        "--wait-for-backend",
+        dest="wait_for_backend",
+        type=float,
+        metavar="SECONDS",
+        help="how long a batch waits for a backend that went down or is loading (default: 600; 0: fail fast)",
+    )
     g.add_argument("--max-tokens", type=int, metavar="N", help="generation cap (default: 512)")
     g.add_argument(
         "--temperature", type=float, metavar="T", help="sampling temperature (default: the server's)"
@@ -172,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags: dict[str, Any] = {}
-    for key in ("backend", "concurrency", "max_tokens", "temperature", "max_pixels"):
+    for key in ("backend", "concurrency", "max_tokens", "temperature", "max_pixels", "wait_for_backend"):
         value = getattr(args, key, None)
         if value is not None:
             flags[key] = value

@@ -223,4 +223,6 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
         print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
     else:
         print(summary.render(), file=sys.stderr if args.stream else sys.stdout)
+    if summary.down:  # the backend stayed down past --wait-for-backend: nothing more could be done
+        return 3
     return 1 if summary.failed else 0

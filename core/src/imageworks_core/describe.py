@@ -20,9 +20,9 @@ import attrs
 
 from .client import Client
 from .discovery import iter_image_paths
-from .errors import BackendError, BackendProtocolError, ImageWorksError, InputError, PluginError, redact_url
+from .errors import BackendProtocolError, ImageWorksError, InputError, redact_url
 from .events import Event
-from .models import Attempt, Request, Result, Usage
+from .models import Chunk, Request, Result
 from .outputs import (
     JsonlWriter,
     NarrationRecord,
@@ -163,8 +163,7 @@ async def _finish(
                 f"{result.id}: cannot write the sidecar: {exc.strerror or exc}", source=result.id
             )
     sent = bool(result.attempts)  # an input error never reached a backend
-    known = sent and result.backend in client.registry.backends
-    ctx_url = redact_url(client.context(result.backend).base_url) if known else None
+    ctx_url = redact_url(result.base_url) if sent and result.base_url else None
     writer.write(
         {
             "image": result.id,
@@ -248,45 +247,26 @@ async def _run_streaming(
     finish: dict[str, Any],
     on_event: Callable[[Event], None] | None,
 ) -> None:
-    """``--stream``: one image at a time, tokens printed as they arrive."""
-    from .images import aprepare_image
+    """``--stream``: one image at a time, tokens printed as they arrive.
 
-    backend = client.settings.backend
-    for item in items:
-        if isinstance(item, InputError):
-            await _finish(Result(backend=backend, id=item.source, error=item), **finish)
-            continue
-        start = time.monotonic()
-        text: list[str] = []
-        model, usage = "", None
-        try:
-            image = await aprepare_image(item.images[0], max_pixels=client.settings.max_pixels)
-            print(f"\n== {item.id}", file=out)
-            async for chunk in client.stream(attrs.evolve(item, images=(image,))):
-                text.append(chunk.text)
-                model = chunk.model or model
-                usage = chunk.usage or usage
-                print(chunk.text, end="", file=out, flush=True)
-            print(file=out)
-            result = Result(
-                text="".join(text),
-                backend=backend,
-                model=model,
-                usage=usage or Usage(),
-                latency=time.monotonic() - start,
-                attempts=(Attempt(backend=backend, latency=time.monotonic() - start),),
-                id=item.id,
-            )
-        except ImageWorksError as exc:
-            took = time.monotonic() - start
-            tried = (
-                Attempt(backend, took, _one_line(exc), type(exc).__name__, getattr(exc, "status", None)),
-            )
-            result = Result(
-                backend=backend,
-                latency=took,
-                id=item.id,
-                error=exc,
-                attempts=tried if isinstance(exc, BackendError | PluginError) else (),
-            )
-        await _finish(result, **finish)
+    The same dispatcher path as a batch (``map`` with ``on_chunk``), so a
+    stream waits out an outage and falls back exactly as a batch does.
+    """
+    current: list[str | None] = [None]
+
+    def on_chunk(item_id: str, chunk: Chunk | None) -> None:
+        if current[0] != item_id:
+            current[0] = item_id
+            print(f"\n== {item_id}", file=out)
+        if chunk is None:  # the try failed after some text: the next one starts over
+            print("\n[the answer was cut; trying again]", file=out, flush=True)
+        elif chunk.text:
+            print(chunk.text, end="", file=out, flush=True)
+
+    async with client.map(
+        items, concurrency=1, ordered=True, on_event=on_event, on_chunk=on_chunk
+    ) as results:
+        async for result in results:
+            if current[0] == result.id:
+                print(file=out)
+            await _finish(result, **finish)

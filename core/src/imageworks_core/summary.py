@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ImageWorksError
+from .errors import BackendDown, ImageWorksError
 from .models import Result
 
 __all__ = ["Summary"]
@@ -42,6 +42,9 @@ class Summary:
         skipped: ``(image, why)`` for each image not sent.
         planned: Images a dry run would send.
         hints: What to do about the failures (each distinct hint once).
+        outages: ``(backend, url, seconds)`` for each outage seen during the run.
+        down: Images that failed because their backend stayed down past
+            ``wait_for_backend`` (also in *failed*).
     """
 
     started: float = attrs.field(factory=time.monotonic)
@@ -51,6 +54,9 @@ class Summary:
     skipped: list[tuple[str, str]] = attrs.Factory(list)
     planned: int = 0
     hints: list[str] = attrs.Factory(list)
+    outages: list[tuple[str, str, float]] = attrs.Factory(list)
+    down: list[str] = attrs.Factory(list)
+    _down_reason: str = ""
     _failed_backends: Counter[str] = attrs.Factory(Counter)
 
     def add(self, result: Result) -> None:
@@ -58,6 +64,9 @@ class Summary:
             self.ok.append(attrs.evolve(result, item=None))
         else:
             image = result.id or "?"
+            if isinstance(result.error, BackendDown):
+                self.down.append(image)
+                self._down_reason = self._down_reason or _reason(result.error)
             self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
             hint = getattr(result.error, "hint", None)
             if hint and hint not in self.hints:
@@ -101,6 +110,9 @@ class Summary:
                 }
                 for name, b in sorted(per_backend.items())
             },
+            "outages": [{"backend": b, "url": u, "seconds": round(sec, 3)} for b, u, sec in self.outages],
+            "outage_s": round(sum(sec for _, _, sec in self.outages), 3),
+            "backend_down": len(self.down),
             "failures": [{"image": i, "error": e} for i, e in self.failed],
         }
 
@@ -117,15 +129,34 @@ class Summary:
         for name, b in d["backends"].items():
             p50 = "-" if b["latency_p50_s"] is None else f"{b['latency_p50_s']:.2f}s"
             lines.append(f"  {name}: {b['ok']} ok, {b['failed']} failed, p50 {p50}")
-        if self.failed:
+        if self.outages:
+            per: dict[tuple[str, str], list[float]] = {}
+            for b, u, sec in self.outages:
+                per.setdefault((b, u), []).append(sec)
+            for (b, u), secs in per.items():
+                lines.append(
+                    f"outages: {b} at {u}: {len(secs)}, {_clock(sum(secs))} in all"
+                    + (" (waited out)" if not self.down else "")
+                )
+        down = set(self.down)
+        shown = [(image, reason) for image, reason in self.failed if image not in down]
+        if down:
+            lines.append(f"not described, the backend stayed down: {len(down)} images")
+            lines.append(f"  {self._down_reason}")
+        if shown:
             lines.append("failed images:")
-            lines += [f"  {image}: {reason}" for image, reason in self.failed[:50]]
-            if len(self.failed) > 50:
-                lines.append(f"  ... and {len(self.failed) - 50} more (see the results JSONL)")
-            if self.hints:
-                lines.append("what to do:")
-                lines += ["  - " + hint.replace("\n", "\n    ") for hint in self.hints[:5]]
+            lines += [f"  {image}: {reason}" for image, reason in shown[:50]]
+            if len(shown) > 50:
+                lines.append(f"  ... and {len(shown) - 50} more (see the results JSONL)")
+        if self.failed and self.hints:
+            lines.append("what to do:")
+            lines += ["  - " + hint.replace("\n", "\n    ") for hint in self.hints[:5]]
         return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def _round(value: float | None) -> float | None:

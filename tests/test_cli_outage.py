@@ -1,0 +1,193 @@
+"""``imageworks describe`` through outages, as a user runs it: default settings, a real server process.
+
+The server (``tests/servers/faulty_openai.py``) is started by each test so it
+can be killed and brought back; the request log proves what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
+from PIL import Image
+from servers import faulty_openai
+from servers._proc import ServerProcess, free_port, python_argv
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+SERVERS = Path(__file__).parent / "servers"
+CHAT = "/v1/chat/completions"
+
+
+class Server:
+    """One port; the server on it can be killed and started again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: ServerProcess | None = None
+
+    def start(self) -> Server:
+        argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(self.port))
+        self.proc = ServerProcess(argv, ready_url=self.base + "/health", name="faulty-cli", ready_timeout=30)
+        self.proc.start()
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def log(self) -> list[dict[str, object]]:
+        return faulty_openai.request_log(self.base, CHAT)
+
+    def answered(self) -> int:
+        return sum(1 for e in self.log() if e["status"] == 200 and e["completed"])
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    s = Server().start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i:03d}.jpg"
+        Image.new("RGB", (24, 16), (i % 255, 90, 200)).save(p, "JPEG")
+        paths.append(p)
+    return paths
+
+
+def _args(server: Server, folder: Path, *extra: str) -> list[str]:
+    return [
+        "describe",
+        str(folder),
+        "--vlm-backend",
+        "openai",
+        "--vlm-base-url",
+        server.base + "/v1",
+        "--vlm-model",
+        "fake-vlm",
+        "--xmp",
+        "none",
+        "--no-json-sidecar",
+        "--output",
+        str(folder.parent / "results.jsonl"),
+        *extra,
+    ]
+
+
+def _popen(cwd: Path, args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli_argv(*args),
+        cwd=cwd,
+        env=cli_env(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+
+
+def _wait_answered(server: Server, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while server.answered() < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"the server answered only {server.answered()} of {n}"
+        time.sleep(0.05)
+
+
+def test_a_server_still_loading_at_start_is_waited_for(tmp_path: Path, server: Server) -> None:
+    """Listening but answering 503 "loading" for 10 s: the batch waits, then completes (exit 0)."""
+    _images(tmp_path / "imgs", 6)
+    loading = {"fault": "status", "status": 503, "body": {"error": {"message": "model is loading"}}}
+    faulty_openai.script(server.base, [{"match": {"path_prefix": "/"}, **loading}])
+    proc = _popen(tmp_path, _args(server, tmp_path / "imgs"))
+    t0 = time.monotonic()
+    time.sleep(10)
+    assert proc.poll() is None, proc.communicate()
+    faulty_openai.script(server.base, [])
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, (out, err)
+    assert "Traceback" not in err
+    assert "loading" in err, err
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert len(records) == 6 and all(r["error"] is None for r in records), records
+    assert took < 10 + 16 + 5, f"took {took:.1f}s after the server was ready at 10 s"
+
+
+def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
+    tmp_path: Path, server: Server
+) -> None:
+    """Killed after 10 answers, ``--wait-for-backend 5``: exit 3 within ~6 s, one clear message;
+    the finished results are on disk and ``--resume`` sends only the rest."""
+    _images(tmp_path / "imgs", 40)
+    faulty_openai.script(server.base, [], default={"fault": "delay", "delay_s": 0.1})
+    proc = _popen(tmp_path, [*_args(server, tmp_path / "imgs", "--wait-for-backend", "5"), "--concurrency", "2"])
+    _wait_answered(server, 10, proc)
+    server.kill()
+    killed = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - killed
+    assert proc.returncode == 3, (out, err)
+    assert "Traceback" not in err
+    assert 4.5 <= took < 8.0, f"gave up {took:.1f}s after the crash (wait_for_backend=5)"
+    # one clear message naming the backend, the URL, how long it was down, what to do
+    assert "not described, the backend stayed down" in out, out
+    assert f"openai at {server.base}/v1 has been unavailable for 0:0" in out, out
+    assert "--resume" in out
+    assert out.count("has been unavailable") == 1, out
+    records = read_jsonl(tmp_path / "results.jsonl")
+    done = {r["image"] for r in records if r["error"] is None}
+    failed = {r["image"] for r in records if r["error"] is not None}
+    assert len(records) == 40 and len(done) >= 10 and done | failed == {
+        str(p) for p in (tmp_path / "imgs").iterdir()
+    }
+    assert all("unavailable" in r["error"] for r in records if r["error"] is not None)
+
+    server.start()
+    again = run_cli(tmp_path, *_args(server, tmp_path / "imgs"), "--resume")
+    assert again.returncode == 0, show(again)
+    sent = [e["request_id"] for e in server.log()]
+    assert len(sent) == len(failed), (len(sent), len(failed))
+    final = {r["image"] for r in read_jsonl(tmp_path / "results.jsonl") if r["error"] is None}
+    assert len(final) == 40
+
+
+def test_ctrl_c_during_an_outage_exits_at_once_with_the_results_kept(tmp_path: Path, server: Server) -> None:
+    _images(tmp_path / "imgs", 30)
+    faulty_openai.script(server.base, [], default={"fault": "delay", "delay_s": 0.1})
+    proc = _popen(tmp_path, [*_args(server, tmp_path / "imgs"), "--json"])
+    _wait_answered(server, 5, proc)
+    server.kill()
+    time.sleep(2.0)  # well into the outage: items wait, the prober backs off
+    assert proc.poll() is None
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    print(f"\nCtrl-C during an outage: exit {proc.returncode} after {took:.2f}s")
+    assert proc.returncode == 130, (out, err)
+    assert took < 1.0, f"took {took:.2f}s to stop"
+    assert "Traceback" not in err
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert len([r for r in records if r["error"] is None]) >= 5
+    # --json: the outage was logged as a structured line
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "outage" and line.get("backend") == "openai" for line in lines), err
