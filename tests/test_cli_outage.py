@@ -138,8 +138,8 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     """Killed after 10 answers, ``--wait-for-backend 5``: exit 3 within ~6 s, one clear message;
     the finished results are on disk and ``--resume`` sends only the rest."""
     _images(tmp_path / "imgs", 40)
-    faulty_openai.script(server.base, [], default={"fault": "delay", "delay_s": 0.1})
-    proc = _popen(tmp_path, [*_args(server, tmp_path / "imgs", "--wait-for-backend", "5"), "--concurrency", "2"])
+    faulty_openai.script(server.base, [], default={"fault": "delay", "delay_s": 0.3})
+    proc = _popen(tmp_path, _args(server, tmp_path / "imgs", "--wait-for-backend", "5"))
     _wait_answered(server, 10, proc)
     server.kill()
     killed = time.monotonic()
@@ -156,9 +156,11 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     records = read_jsonl(tmp_path / "results.jsonl")
     done = {r["image"] for r in records if r["error"] is None}
     failed = {r["image"] for r in records if r["error"] is not None}
-    assert len(records) == 40 and len(done) >= 10 and done | failed == {
-        str(p) for p in (tmp_path / "imgs").iterdir()
-    }
+    assert (
+        len(records) == 40
+        and len(done) >= 10
+        and done | failed == {str(p) for p in (tmp_path / "imgs").iterdir()}
+    )
     assert all("unavailable" in r["error"] for r in records if r["error"] is not None)
 
     server.start()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imageworks_core import Client, Request
-from imageworks_core import Event
+from imageworks_core import Client, Event, Request
 from imageworks_core.progress import Progress
 from imageworks_core.testing import FakeBackend
 
