@@ -239,7 +239,7 @@ def test_base_urls_are_normalised(url: str, root: str, api: str) -> None:
             ["not an http(s) URL", "backends.vllm.base_url"],
         ),
         ('[tool.imageworks.backends.openai]\npreset = "nope"\n', ["unknown preset 'nope'", "ollama"]),
-        ("[tool.imageworks]\nmax_tokens = 0\n", ["max_tokens must be at least 1"]),
+        ("[tool.imageworks]\nmax_tokens = 0\n", ["max_tokens must be a whole number >= 1, got 0"]),
         ('[tool.imageworks]\ntransport = "curl"\n', ["transport must be auto, httpx or aiohttp"]),
         ("[tool.imageworks\nbackend = 1\n", ["malformed TOML", "pyproject.toml"]),
     ],
