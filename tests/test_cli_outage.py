@@ -17,41 +17,9 @@ import pytest
 from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from PIL import Image
 from servers import faulty_openai
-from servers._proc import ServerProcess, free_port, python_argv
+from servers.faulty_process import FaultyProcess as Server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-
-SERVERS = Path(__file__).parent / "servers"
-CHAT = "/v1/chat/completions"
-
-
-class Server:
-    """One port; the server on it can be killed and started again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc: ServerProcess | None = None
-
-    def start(self) -> Server:
-        argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(self.port))
-        self.proc = ServerProcess(argv, ready_url=self.base + "/health", name="faulty-cli", ready_timeout=30)
-        self.proc.start()
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    def log(self) -> list[dict[str, object]]:
-        return faulty_openai.request_log(self.base, CHAT)
-
-    def answered(self) -> int:
-        return sum(1 for e in self.log() if e["status"] == 200 and e["completed"])
 
 
 @pytest.fixture

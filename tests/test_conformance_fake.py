@@ -261,7 +261,12 @@ def _client(base_url: str, **settings: Any) -> Any:
 
     return Client(
         backend="openai",
-        overrides={"retry": {"max_attempts": 1}, "backends": {"openai": {"base_url": base_url, **settings}}},
+        # the error mapping is under test: fail fast, no outage waiting (wait_for_backend=0)
+        overrides={
+            "retry": {"max_attempts": 1},
+            "wait_for_backend": 0,
+            "backends": {"openai": {"base_url": base_url, **settings}},
+        },
         user_file=False,
         project_file=False,
         allow=["openai"],

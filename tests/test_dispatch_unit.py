@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from imageworks_core import (
+    BackendDown,
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
@@ -810,3 +811,16 @@ async def _enumerate(results: Any) -> Any:
     async for r in results:
         n += 1
         yield n, r
+
+
+async def test_a_backend_busy_for_longer_than_wait_for_backend_is_given_up() -> None:
+    """429 after 429 with no success: the pauses end after ``wait_for_backend`` (the setting under test)."""
+    busy = FakeBackend("busy").always(BackendOverloaded("queue full", status=429, retry_after=0.05))
+    async with make_client(busy, wait_for_backend=0.5) as client:
+        await client.dispatcher.preflight()
+        t0 = time.monotonic()
+        with anyio.fail_after(10):
+            [r] = await collect(client, [req(1)])
+    assert isinstance(r.error, BackendDown), r.error
+    assert "gave up waiting" in str(r.error)
+    assert 0.4 <= time.monotonic() - t0 < 5

@@ -65,6 +65,8 @@ class Backends(Protocol):
 
     def context(self, name: str) -> Any: ...
 
+    def contexts(self, name: str) -> list[Any]: ...
+
     def hook(self, name: str, hook: str) -> Any: ...
 
     def info(self, name: str) -> BackendInfo: ...
@@ -72,6 +74,8 @@ class Backends(Protocol):
     def concurrency(self, name: str) -> int: ...
 
     async def health(self, backend: str | None = None) -> HealthReport: ...
+
+    async def health_of(self, ctx: Any) -> HealthReport: ...
 
 
 def one_line(exc: BaseException) -> str:
@@ -95,8 +99,9 @@ class _Item:
     used: list[str] = attrs.Factory(list)  # backends that got a try, in order
     last_error: BaseException | None = None
     outage_marks: dict[str, int] = attrs.Factory(dict)  # endpoint's success count at our last outage
+    last_url: str | None = None  # the endpoint of the last try
 
-    def poisoned(self, name: str, ep: Endpoint, error: ImageWorksError) -> bool:
+    def poisoned(self, key: str, ep: Endpoint, error: ImageWorksError) -> bool:
         """This item's connection failed again after the endpoint served others: the item's fault.
 
         (A request that kills the connection each time must not pause the batch
@@ -104,8 +109,8 @@ class _Item:
         """
         if isinstance(error, BackendOverloaded):
             return False
-        before = self.outage_marks.get(name)
-        self.outage_marks[name] = ep.successes
+        before = self.outage_marks.get(key)
+        self.outage_marks[key] = ep.successes
         return before is not None and ep.successes > before
 
 
@@ -115,37 +120,51 @@ class ItemRunner:
     def __init__(self, backends: Backends, listeners: Listeners) -> None:
         self.backends = backends
         self.listeners = listeners
-        self._endpoints: dict[str, Endpoint] = {}
+        self._endpoints: dict[str, list[Endpoint]] = {}
         self._breakers: dict[str, Breaker] = {}
         self._warned_model: set[str] = set()
 
     # ------------------------------------------------------------ per backend
 
-    def endpoint(self, name: str) -> Endpoint:
-        ep = self._endpoints.get(name)
-        if ep is None:
-            ctx = self.backends.context(name)
+    def pool(self, name: str) -> list[Endpoint]:
+        """Backend *name*'s endpoints (one per ``base_url``), created on first use."""
+        pool = self._endpoints.get(name)
+        if pool is None:
             settings = self.backends.settings
-            bs = ctx.settings
+            pool = []
+            for ctx in self.backends.contexts(name):
 
-            async def probe() -> HealthReport:
-                return await self.backends.health(name)
+                async def probe(ctx: Any = ctx) -> HealthReport:
+                    return await self.backends.health_of(ctx)
 
-            ep = self._endpoints[name] = Endpoint(
-                name,
-                redact_url(ctx.base_url),
-                limit=self.backends.concurrency(name),
-                wait=settings.wait_for_backend,
-                probe=probe,
-                listeners=self.listeners,
-                hint=ctx.hint,
-                probe_timeout=bs.connect_timeout + 5.0,
-            )
-        return ep
+                pool.append(
+                    Endpoint(
+                        name,
+                        redact_url(ctx.base_url),
+                        limit=self.backends.concurrency(name),
+                        wait=settings.wait_for_backend,
+                        probe=probe,
+                        listeners=self.listeners,
+                        hint=ctx.hint,
+                        probe_timeout=ctx.settings.connect_timeout + 5.0,
+                        context=ctx,
+                    )
+                )
+            self._endpoints[name] = pool
+        return pool
+
+    def forget_endpoints(self) -> None:
+        """Drop the endpoints (their client closed its contexts); outage history goes with them."""
+        self._endpoints.clear()
+
+    def endpoint(self, name: str) -> Endpoint:
+        """Backend *name*'s first endpoint (its only one unless it is a pool)."""
+        return self.pool(name)[0]
 
     @property
-    def endpoints(self) -> dict[str, Endpoint]:
-        return self._endpoints
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint made so far."""
+        return [ep for pool in self._endpoints.values() for ep in pool]
 
     def breaker(self, name: str) -> Breaker:
         b = self._breakers.get(name)
@@ -179,21 +198,27 @@ class ItemRunner:
             )
         return attrs.evolve(request, model=None)
 
-    async def _pick(self, names: list[str], st: _Item) -> str | None:
-        """The backend for the next try: the first that accepts requests, else the first to wait for."""
+    async def _pick(self, names: list[str], st: _Item) -> tuple[str, Endpoint] | None:
+        """Where the next try goes: the first backend with an endpoint that accepts requests
+        (its least loaded one), else the first endpoint to wait for."""
         candidates = [n for n in names if not any(n == f for f, _ in st.failures)]
         if not candidates:
             return None
         for name in candidates:
-            ep = self.endpoint(name)
-            if ep.accepting():
-                return name
-            if ep.probe_due() and await ep.probe():  # nobody else waits on it: look in passing
-                return name
+            pool = self.pool(name)
+            for ep in pool:
+                # nobody waits on an endpoint that is out while another is up: look in passing
+                # (one item at a time, at the prober's backoff), so it rejoins when it is back
+                if ep.probe_due() and await ep.probe():
+                    return name, ep
+            up = [ep for ep in pool if ep.accepting()]
+            if up:
+                return name, _least_loaded(up)
         for name in candidates:
-            if not self.endpoint(name).is_down():
-                return name
-        return candidates[0]
+            alive = [ep for ep in self.pool(name) if not ep.is_down()]
+            if alive:
+                return name, _least_loaded(alive)
+        return candidates[0], self.pool(candidates[0])[0]
 
     # ------------------------------------------------------------ one item
 
@@ -213,23 +238,25 @@ class ItemRunner:
         st = _Item(rid=rid, seq=seq, item=item, start=time.monotonic())
         names = self.order(request)
         while True:
-            name = await self._pick(names, st)
-            if name is None:
+            picked = await self._pick(names, st)
+            if picked is None:
                 return self._failed(st, st.failures[-1][0], self._final_error(st.failures), on_event)
+            name, ep = picked
+            ctx = ep.context
             try:
                 req = self.apply_model_policy(name, request)
-                ctx = self.backends.context(name)
                 caller = self.backends.hook(name, "stream" if on_chunk else "infer")
             except ImageWorksError as exc:
                 return self._failed(st, name, exc, on_event)
-            ep = self.endpoint(name)
-            others = len(names) > 1 and not ep.accepting()
+            pool = self.pool(name)
+            others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             waited = time.monotonic()
             try:
                 got = await ep.acquire(seq, patience=1.0 if others else None)
             except BackendDown as exc:
                 st.queued += time.monotonic() - waited
-                st.failures.append((name, exc))
+                if all(e.is_down() for e in pool):  # the whole pool is gone: try the next backend
+                    st.failures.append((name, exc))
                 continue
             st.queued += time.monotonic() - waited
             if not got:
@@ -244,6 +271,7 @@ class ItemRunner:
                 kind = "retry" if sends else "started"
                 on_event(Event(kind, rid, backend=name, attempt=sends + 1, error=st.last_error))
             t0 = time.monotonic()
+            st.last_url = ep.url
             error: BaseException | None = None
             result: Result | None = None
             blamed = False  # the endpoint took the blame (outage / pause): the item waits
@@ -255,7 +283,7 @@ class ItemRunner:
                     if not isinstance(exc, Exception):
                         raise  # cancellation and friends
                     error = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
-                elif error.outage and ep.tracking and not st.poisoned(name, ep, error):
+                elif error.outage and ep.tracking and not st.poisoned(ep.url, ep, error):
                     blamed = ep.failure(error)  # before the slot is freed: no one else goes in
             finally:
                 ep.release()
@@ -378,7 +406,7 @@ class ItemRunner:
             id=st.rid,
             error=err,
             item=st.item,
-            base_url=ep.url if (ep := self.endpoints.get(backend)) is not None else None,
+            base_url=st.last_url,
         )
         if on_event:
             on_event(Event("failed", st.rid, backend=backend, error=err, result=result))
@@ -405,17 +433,20 @@ class ItemRunner:
         st = _Item(rid=request.id or "", seq=0, item=None, start=time.monotonic())
         names = self.order(request)
         while True:
-            name = await self._pick(names, st)
-            if name is None:
+            picked = await self._pick(names, st)
+            if picked is None:
                 raise self._final_error(st.failures)
+            name, ep = picked
             req = self.apply_model_policy(name, request)
-            ctx = self.backends.context(name)
+            ctx = ep.context
             caller = self.backends.hook(name, "stream")
-            ep = self.endpoint(name)
+            pool = self.pool(name)
+            others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             try:
-                got = await ep.acquire(0, patience=1.0 if len(names) > 1 and not ep.accepting() else None)
+                got = await ep.acquire(0, patience=1.0 if others else None)
             except BackendDown as exc:
-                st.failures.append((name, exc))
+                if all(e.is_down() for e in pool):
+                    st.failures.append((name, exc))
                 continue
             if not got:
                 continue
@@ -467,6 +498,13 @@ def _joined(
             hints.append(exc.hint)
     head = "no backend could answer" + (" (all are down or busy)" if everyone_down else "")
     return cls(head + ":\n" + "\n".join(lines), hint="\n".join(hints) or None)
+
+
+def _least_loaded(eps: list[Endpoint]) -> Endpoint:
+    """The endpoint with the fewest requests in flight and waiting for its current limit."""
+    if len(eps) == 1:
+        return eps[0]
+    return min(eps, key=lambda ep: (ep.in_flight + ep.waiting + 1) / max(1, ep.limit))
 
 
 def _log_attempt(

@@ -26,11 +26,11 @@ import attrs
 
 from .config import Config, load_config
 from .context import BackendContext
-from .errors import ImageWorksError, PluginError, redact_url
+from .errors import BackendRejected, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, Request, Result
 from .plugins import BackendRegistry
-from .settings import Secret, Settings
+from .settings import Secret, Settings, split_base_urls
 from .transport import Timeouts, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class Client:
         )
         self._env = os.environ if env is None else env
         self._config: Config | None = None
-        self._contexts: dict[str, BackendContext] = {}
+        self._contexts: dict[str, list[BackendContext]] = {}
         self._retired: list[BackendContext] = []
         self._pools: dict[tuple[str, str, int], Transport] = {}
         self._dispatcher: Dispatcher | None = None
@@ -137,7 +137,7 @@ class Client:
         if self._settings_given is not None:
             self._settings_given = attrs.evolve(self._settings_given, backend=name)
         self._config = None
-        self._retired.extend(self._contexts.values())
+        self._retired.extend(ctx for pool in self._contexts.values() for ctx in pool)
         self._contexts.clear()
         self._dispatcher = None
 
@@ -161,34 +161,41 @@ class Client:
     # ------------------------------------------------------------ backends
 
     def context(self, name: str) -> BackendContext:
-        """The context of backend *name* (created on first use, inside the event loop)."""
-        ctx = self._contexts.get(name)
-        if ctx is not None:
-            return ctx
+        """The context of backend *name* (its first endpoint; created on first use, inside the event loop)."""
+        return self.contexts(name)[0]
+
+    def contexts(self, name: str) -> list[BackendContext]:
+        """One context per endpoint of backend *name* (``base_url`` may list several: a pool)."""
+        pool = self._contexts.get(name)
+        if pool is not None:
+            return pool
         if self._closed:
             raise ImageWorksError("this client is closed; create a new one")
         loaded = self.registry.get(name)
         bs = self.settings.backend_settings(name)
-        base_url = bs.base_url or loaded.info.default_base_url
+        urls = split_base_urls(bs.base_url or loaded.info.default_base_url)
         concurrency = self.concurrency(name)
-        http = HttpClient(
-            self._pool(base_url, concurrency),
-            backend=name,
-            base_url=base_url,
-            headers=self._headers(name),
-            timeouts=Timeouts(connect=bs.connect_timeout, read=bs.timeout, idle=bs.stream_idle_timeout),
-        )
-        ctx = BackendContext(
-            name=name,
-            info=loaded.info,
-            settings=bs,
-            client_settings=self.settings,
-            base_url=base_url,
-            http=http,
-        )
-        http.hint = ctx.hint
-        self._contexts[name] = ctx
-        return ctx
+        pool = []
+        for base_url in urls:
+            http = HttpClient(
+                self._pool(base_url, concurrency),
+                backend=name,
+                base_url=base_url,
+                headers=self._headers(name),
+                timeouts=Timeouts(connect=bs.connect_timeout, read=bs.timeout, idle=bs.stream_idle_timeout),
+            )
+            ctx = BackendContext(
+                name=name,
+                info=loaded.info,
+                settings=bs,
+                client_settings=self.settings,
+                base_url=base_url,
+                http=http,
+            )
+            http.hint = ctx.hint
+            pool.append(ctx)
+        self._contexts[name] = pool
+        return pool
 
     def hook(self, name: str, hook: str) -> Any:
         """The caller of backend *name*'s *hook* (``infer``, ``stream``, ``health``)."""
@@ -262,7 +269,11 @@ class Client:
         not-ready report (reachable when the server answered with a status).
         """
         name = backend or self.settings.backend
-        ctx = self.context(name)
+        return await self.health_of(self.context(name))
+
+    async def health_of(self, ctx: BackendContext) -> HealthReport:
+        """Health of one endpoint (``contexts(name)`` lists a backend's endpoints); never raises."""
+        name = ctx.name
         start = time.perf_counter()
         try:
             report = await self.registry.caller(name, "health")(ctx=ctx)
@@ -274,6 +285,7 @@ class Client:
                 ready=False,
                 detail=exc.message,
                 hint=exc.hint or ctx.hint,
+                rejected=isinstance(exc, BackendRejected),
             )
         except Exception as exc:
             report = HealthReport(
@@ -310,7 +322,7 @@ class Client:
 
         self._closed = True
         with anyio.CancelScope(shield=True):
-            for ctx in [*self._retired, *self._contexts.values()]:
+            for ctx in [*self._retired, *(c for pool in self._contexts.values() for c in pool)]:
                 try:
                     await ctx.aclose()
                 except Exception:
@@ -320,6 +332,8 @@ class Client:
         self._contexts.clear()
         self._retired.clear()
         self._pools.clear()
+        if self._dispatcher is not None:  # its endpoints hold the closed contexts
+            self._dispatcher.runner.forget_endpoints()
 
     def __repr__(self) -> str:
         backends = ", ".join(sorted(self.registry.backends))

@@ -106,7 +106,7 @@ def health(args: argparse.Namespace, client: Client) -> int:
             deadline = time.monotonic() + args.wait
             delay = 0.5
             while True:
-                reports = [await client.health(n) for n in names]
+                reports = [await client.health_of(ctx) for n in names for ctx in client.contexts(n)]
                 if all(r.ready for r in reports) or time.monotonic() >= deadline:
                     return reports
                 await anyio.sleep(min(delay, max(0.0, deadline - time.monotonic())))

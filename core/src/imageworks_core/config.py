@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
-from .settings import BackendSettings, RetrySettings, Secret, Settings, normalise_base_url
+from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 
 __all__ = ["Config", "load_config", "user_config_path"]
 
@@ -250,6 +250,10 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str, from_env: bool) -> An
         shown = "***" if "api_key" in key else repr(value)
         return ConfigError(f"expected {_type_name(tp)} for {key}, got {shown}{extra}", source=source, key=key)
 
+    if key.endswith("base_url") and isinstance(value, list | tuple):  # a pool: base_url = ["u1", "u2"]
+        if not value or not all(isinstance(v, str) for v in value):
+            raise bad(" (a URL, or a list of URLs)")
+        value = ",".join(value)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -456,7 +460,12 @@ def _resolve(
     for name, bs in built.items():
         if bs.base_url:
             try:
-                built[name] = attrs.evolve(bs, base_url=normalise_base_url(bs.base_url))
+                urls = split_base_urls(bs.base_url)
+                if not urls:
+                    raise ValueError("no URL given")
+                if len(set(urls)) != len(urls):
+                    raise ValueError(f"the same URL is listed twice: {bs.base_url!r}")
+                built[name] = attrs.evolve(bs, base_url=",".join(urls))
             except ValueError as exc:
                 raise ConfigError(
                     str(exc), source=sources.get(f"backends.{name}.base_url"), key=f"backends.{name}.base_url"

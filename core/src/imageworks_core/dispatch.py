@@ -22,7 +22,8 @@ import anyio
 import attrs
 
 from .attempts import Backends, ItemRunner, OnChunk
-from .errors import BackendUnavailable, ImageWorksError, InputError
+from .endpoint import Endpoint
+from .errors import BackendUnavailable, ConfigError, ImageWorksError, InputError
 from .events import Event, Listeners, OnEvent
 from .models import Chunk, HealthReport, PreparedImage, Request, Result
 
@@ -64,16 +65,24 @@ class Dispatcher:
         return self.runner.stream(request)
 
     def state(self, backend: str) -> str:
-        """``up``, ``paused``, ``out`` or ``down``: backend *backend*'s endpoint state now."""
-        ep = self.runner.endpoint(backend)
-        ep.accepting()  # a pause that is over ends here
-        return ep.state.value
+        """``up``, ``paused``, ``out`` or ``down``: backend *backend*'s state now (its best
+        endpoint's, for a pool)."""
+        states = [state for _, state in self.endpoint_states(backend)]
+        return next(s for s in ("up", "paused", "out", "down") if s in states)
+
+    def endpoint_states(self, backend: str) -> list[tuple[str, str]]:
+        """``(url, state)`` for each endpoint of *backend*."""
+        out = []
+        for ep in self.runner.pool(backend):
+            ep.accepting()  # a pause that is over ends here
+            out.append((ep.url, ep.state.value))
+        return out
 
     def outages(self) -> list[tuple[str, str, float]]:
         """``(backend, url, seconds out)`` for each outage this client saw."""
         now = time.monotonic()
         out = []
-        for ep in self.runner.endpoints.values():
+        for ep in self.runner.endpoints:
             for start, end in ep.outages:
                 begun = start if start is not None else now
                 out.append((ep.backend, ep.url, (end if end is not None else now) - begun))
@@ -93,17 +102,19 @@ class Dispatcher:
         raise one ``BackendUnavailable`` naming each.
         """
         names = list(names or self.backends.backend_order())
-        reports: list[HealthReport | None] = [None] * len(names)
+        eps = [ep for name in names for ep in self.runner.pool(name)]
+        reports: list[HealthReport | None] = [None] * len(eps)
 
-        async def check(i: int, name: str) -> None:
-            reports[i] = await self.backends.health(name)
+        async def check(i: int, ep: Endpoint) -> None:
+            reports[i] = await self.backends.health_of(ep.context)
 
         async with anyio.create_task_group() as tg:
-            for i, name in enumerate(names):
-                tg.start_soon(check, i, name)
+            for i, ep in enumerate(eps):
+                tg.start_soon(check, i, ep)
         done = [r for r in reports if r is not None]
+        pairs = list(zip(eps, done, strict=True))
         live = [r for r in done if r.ready]
-        loading = [r for r in done if r.reachable and not r.ready]
+        loading = [(ep, r) for ep, r in pairs if r.reachable and not r.ready and not r.rejected]
         if not live and loading and self.backends.settings.wait_for_backend > 0:
             if on_event:
                 self.listeners.add(on_event)
@@ -112,11 +123,13 @@ class Dispatcher:
             finally:
                 if on_event:
                     self.listeners.remove(on_event)
-            done = [next((x for x in live if x.backend == r.backend), r) for r in done]
+            ready = {r.url: r for r in live}
+            pairs = [(ep, ready.get(r.url, r)) for ep, r in pairs]
+            done = [r for _, r in pairs]
         if not live:
             lines = [f"  {r.backend} at {r.url}: {r.detail or 'not ready'}" for r in done]
             hints = [r.hint for r in done if r.hint]
-            waited = any(self.runner.endpoint(r.backend).is_down() for r in loading)
+            waited = any(ep.is_down() for ep, _ in loading)
             raise BackendUnavailable(
                 "no backend is ready"
                 + (
@@ -129,35 +142,36 @@ class Dispatcher:
                 backend=names[0],
                 hint="\n".join(dict.fromkeys(hints)) or None,
             )
-        for r in done:
+        _check_pool_models(pairs)
+        for ep, r in pairs:
             if r.ready:
-                self.runner.endpoint(r.backend).mark_up()
+                ep.mark_up()
                 continue
-            ep = self.runner.endpoint(r.backend)
             if ep.tracking:
                 ep.mark_out(
                     BackendUnavailable(r.detail or "not ready", backend=r.backend), loading=r.reachable
                 )
-            else:
+            elif len(self.runner.pool(r.backend)) == 1:
                 self.runner.breaker(r.backend).trip()
             log.warning(
-                "%s at %s is not ready (%s); using %s",
+                "%s at %s is not ready (%s); using %s at %s",
                 r.backend,
                 r.url,
                 r.detail or "no detail",
                 live[0].backend,
+                live[0].url,
             )
         return done
 
-    async def _wait_loading(self, loading: list[HealthReport]) -> list[HealthReport]:
-        """Probe the loading backends until one is ready or all gave up; the ready ones' reports."""
-        eps = [self.runner.endpoint(r.backend) for r in loading]
-        for r, ep in zip(loading, eps, strict=True):
+    async def _wait_loading(self, loading: list[tuple[Endpoint, HealthReport]]) -> list[HealthReport]:
+        """Probe the loading endpoints until one is ready or all gave up; the ready ones' reports."""
+        for ep, r in loading:
             ep.mark_out(BackendUnavailable(r.detail or "not ready", backend=r.backend), loading=True)
+        eps = [ep for ep, _ in loading]
         while True:
             ready = [ep for ep in eps if ep.accepting()]
             if ready:
-                return [await self.backends.health(ep.backend) for ep in ready]
+                return [await self.backends.health_of(ep.context) for ep in ready]
             if all(ep.is_down() for ep in eps):
                 return []
             for ep in eps:
@@ -303,6 +317,40 @@ class Dispatcher:
             f"cannot use an item of type {type(item).__name__}",
             hint="pass image paths, bytes, PreparedImage or Request objects",
         )
+
+
+def _check_pool_models(pairs: list[tuple[Endpoint, HealthReport]]) -> None:
+    """All ready endpoints of one backend must serve the same models (else answers would mix models)."""
+    by_backend: dict[str, list[HealthReport]] = {}
+    for ep, r in pairs:
+        if r.ready and r.models:
+            by_backend.setdefault(ep.backend, []).append(r)
+    for name, reports in by_backend.items():
+        if len(reports) < 2:
+            continue
+        model = _configured_model(pairs, name)
+        if model:  # on all or on none (a server may accept a name it does not list)
+            has = {model in r.models for r in reports}
+            if len(has) == 1:
+                continue
+        elif len({frozenset(r.models) for r in reports}) == 1:
+            continue
+        lines = "\n".join(f"  {r.url}: {', '.join(r.models)}" for r in reports)
+        raise ConfigError(
+            f"the endpoints of {name} do not serve the same model"
+            + (f" ({model!r} is missing on some)" if model else "")
+            + f":\n{lines}",
+            key=f"backends.{name}.base_url",
+            hint=f"point backends.{name}.base_url at servers of one model, or set backends.{name}.model",
+        )
+
+
+def _configured_model(pairs: list[tuple[Endpoint, HealthReport]], name: str) -> str | None:
+    for ep, _ in pairs:
+        if ep.backend == name and ep.context is not None:
+            model = ep.context.settings.model
+            return model if isinstance(model, str) else None
+    return None
 
 
 @contextlib.contextmanager

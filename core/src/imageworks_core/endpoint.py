@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -91,6 +92,7 @@ class Endpoint:
         probe: Checks health (never raises; ``ready`` decides).
         listeners: Where backend events go.
         hint: What to do when it is down (launch lines).
+        context: The backend context bound to this endpoint's URL.
     """
 
     def __init__(
@@ -104,8 +106,10 @@ class Endpoint:
         listeners: Listeners,
         hint: str | None = None,
         probe_timeout: float = 10.0,
+        context: Any = None,
     ) -> None:
         self.backend = backend
+        self.context = context
         self.url = url
         self.max_limit = limit
         self.limit = limit
@@ -284,6 +288,9 @@ class Endpoint:
             self.unhealthy_since = now
         self.last_error = exc
         if isinstance(exc, BackendOverloaded):
+            if self._overdue(now):  # busy for longer than wait_for_backend without one success
+                self._give_up(_one_line(exc))
+                return True
             self._pause(exc, now)
         else:
             self.mark_out(exc, now=now)

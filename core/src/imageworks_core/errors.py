@@ -47,7 +47,9 @@ __all__ = [
 
 
 def redact_url(url: str) -> str:
-    """Drop user-info (``user:password@``) and query strings from *url*."""
+    """Drop user-info (``user:password@``) and query strings from *url* (each URL of a pool list)."""
+    if "," in url and url.count("://") > 1:
+        return ",".join(redact_url(part.strip()) for part in url.split(","))
     try:
         parts = urlsplit(url)
     except ValueError:

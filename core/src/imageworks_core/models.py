@@ -226,6 +226,8 @@ class HealthReport:
         latency: Seconds the check took.
         hint: What to do when not ready (a launch command, a config key).
         detail: One line on what was seen (e.g. "HTTP 503 from /health").
+        rejected: The server refused the check itself (401, 403, 404): it is
+            up but misconfigured for us, so waiting for it will not help.
         max_model_len: Context length, when the server says.
         metrics: Load figures when available: ``running``, ``waiting``,
             ``kv_cache_usage`` ...
@@ -242,6 +244,7 @@ class HealthReport:
     detail: str | None = None
     max_model_len: int | None = None
     metrics: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_map)
+    rejected: bool = False
 
 
 @attrs.frozen(slots=True)

@@ -14,7 +14,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-__all__ = ["BackendSettings", "RetrySettings", "Secret", "Settings", "normalise_base_url", "split_api_base"]
+__all__ = [
+    "BackendSettings",
+    "RetrySettings",
+    "Secret",
+    "Settings",
+    "normalise_base_url",
+    "split_base_urls",
+    "split_api_base",
+]
 
 
 class Secret:
@@ -91,6 +99,11 @@ def normalise_base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
 
 
+def split_base_urls(value: str) -> tuple[str, ...]:
+    """The endpoints of a pool: ``"http://gpu1:8000, http://gpu2:8000"`` -> both, normalised."""
+    return tuple(normalise_base_url(u) for u in value.replace(" ", ",").split(",") if u.strip())
+
+
 def split_api_base(url: str, *, force_v1: bool = False) -> tuple[str, str]:
     """``(server_root, api_base)`` for an OpenAI-compatible server.
 
@@ -122,6 +135,9 @@ class BackendSettings:
 
     Attributes:
         base_url: Where the server listens (``None``: the backend's default).
+            Several comma-separated URLs (a TOML list in a config file) make a
+            pool of endpoints serving the same model: each request goes to the
+            least loaded one that is up.
         model: Model to ask for (``None``: the only model the server serves).
         api_key: The key itself (prefer ``api_key_env``); never printed.
         api_key_env: Name of the environment variable holding the key.
