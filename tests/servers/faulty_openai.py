@@ -62,6 +62,10 @@ headers).  Streamed ``ok``/``delay``/``finish_reason`` answers also take
   ``data: {"error": {"message": <"message">, "code": <"code", default 500>}}``,
   then ``data: [DONE]``.
 * ``"reset"`` -- abort the TCP connection (RST) without any response.
+* ``"echo_auth"`` -- ``"status"`` (default 401) with an OpenAI-style error body
+  whose message echoes the request's credentials back, as careless servers do:
+  ``Invalid API key: <Authorization header>; api-key <api-key header>; query <query string>``.
+  With ``"where": "content"`` it is a 200 answer whose *content* echoes them instead.
 * ``"finish_reason"`` -- 200 answer (JSON, or SSE if the request streams) with
   ``"finish_reason"`` (default ``"error"``) and ``"content"`` (default ``""``).
 
@@ -69,7 +73,8 @@ LOG ENTRY::
 
     {"seq": 0, "time": 1700000000.123, "method": "POST", "path": "/v1/chat/completions",
      "request_id": "item-3" | null, "model": "fake-vlm" | null, "stream": false,
-     "fault": "ok", "rule": 0 | null, "status": 200 | null, "completed": true, "duration_s": 0.001}
+     "fault": "ok", "rule": 0 | null, "status": 200 | null, "completed": true, "duration_s": 0.001,
+     "query": "key=..." (the raw query string, "" when none)}
 
 ``rule`` is the index of the rule that fired (null: the default); ``status`` is
 the HTTP status sent (null for ``reset`` and while unanswered); ``completed`` is
@@ -103,7 +108,17 @@ from typing import Any
 SERVED_MODEL = "fake-vlm"
 ANSWER = "A grey cat on a sofa."
 FAULTS = frozenset(
-    {"ok", "status", "delay", "malformed_json", "sse_cut", "sse_inband_error", "reset", "finish_reason"}
+    {
+        "ok",
+        "status",
+        "delay",
+        "malformed_json",
+        "sse_cut",
+        "sse_inband_error",
+        "reset",
+        "finish_reason",
+        "echo_auth",
+    }
 )
 MATCH_KEYS = frozenset(
     {"path", "path_prefix", "method", "model", "stream", "request_id", "body_contains", "headers"}
@@ -124,6 +139,7 @@ ACTION_KEYS = frozenset(
         "message",
         "code",
         "finish_reason",
+        "where",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -539,6 +555,7 @@ def make_app() -> Any:
             "status": None,
             "completed": False,
             "duration_s": None,
+            "query": request.query_string,
         }
         state.log.append(entry)
         headers = {str(k): str(v) for k, v in dict(action.get("headers", {})).items()}
@@ -569,6 +586,19 @@ def make_app() -> Any:
                         content_type=str(action.get("content_type", "text/plain")),
                         headers=headers,
                     )
+            elif fault == "echo_auth":
+                echoed = (
+                    f"Invalid API key: {request.headers.get('Authorization', '(none)')}; "
+                    f"api-key {request.headers.get('api-key', '(none)')}; query {request.query_string or '(none)'}"
+                )
+                if action.get("where") == "content":
+                    resp = await answer_ok(
+                        request, info, {**action, "content": echoed}, seq, headers, echo_id=False
+                    )
+                else:
+                    status = int(action.get("status", 401))
+                    body = {"error": {"message": echoed, "type": "invalid_request_error", "code": status}}
+                    resp = web.json_response(body, status=status, headers=headers)
             elif fault == "malformed_json":
                 resp = web.Response(
                     status=200,
