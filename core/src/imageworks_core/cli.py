@@ -5,7 +5,8 @@ Heavy modules are imported inside the command functions so ``imageworks
 
 Exit codes: 0 success; 1 some images failed (or a backend is not ready, for
 ``health``); 2 bad usage or configuration; 3 no backend could be reached;
-130 interrupted.
+70 internal error (a bug: one line on stderr, the traceback with ``-vv`` or
+``IMAGEWORKS_LOG_LEVEL=debug``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 
 
 def _installed() -> str:
@@ -125,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     installed = _installed()
     epilog = (
         f"installed backends: {installed} (default: vllm). "
-        "Exit codes: 0 ok, 1 failures, 2 usage/config, 3 no backend reachable."
+        "Exit codes: 0 ok, 1 failures, 2 usage/config, 3 no backend reachable, "
+        "70 internal error (a bug), 130 interrupted."
     )
     parser = argparse.ArgumentParser(
         prog="imageworks",
@@ -196,9 +199,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _err(message: str, hint: str | None = None) -> None:
-    print(f"imageworks: {message}", file=sys.stderr)
+    from .redact import scrub
+    from .terminal import terminal_safe
+
+    print(f"imageworks: {terminal_safe(scrub(message), one_line=True)}", file=sys.stderr)
     if hint:
-        print(f"  {hint.replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
+        print(f"  {terminal_safe(scrub(hint)).replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
 
 
 def _setup_logging(verbose: int, json_logs: bool = False) -> None:
@@ -250,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImageWorksError as exc:
         _err(exc.message, exc.hint)
         return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, not a traceback (which -vv shows)
+        import logging
+
+        logging.getLogger("imageworks.cli").debug("internal error", exc_info=True)
+        _err(
+            f"internal error: {type(exc).__name__}: {exc}",
+            "this is a bug in imageworks (or a plugin); rerun with -vv for the traceback and report it",
+        )
+        return EXIT_INTERNAL
     return EXIT_USAGE  # pragma: no cover
 
 

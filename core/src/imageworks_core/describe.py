@@ -20,22 +20,36 @@ import attrs
 
 from .client import Client
 from .discovery import iter_image_paths
-from .errors import BackendError, BackendProtocolError, ImageWorksError, InputError, PluginError, redact_url
+from .errors import (
+    BackendError,
+    BackendProtocolError,
+    ConfigError,
+    ImageWorksError,
+    InputError,
+    OutputError,
+    PluginError,
+    redact_url,
+)
 from .events import Event
+from .images import printable_path
 from .models import Attempt, Request, Result, Usage
 from .outputs import (
     JsonlWriter,
     NarrationRecord,
-    completed_images,
     embed_xmp,
     json_sidecar_path,
+    path_keys,
+    resolved_key,
+    resume_index,
     write_json_sidecar,
     write_xmp_sidecar,
     xmp_sidecar_path,
 )
 from .outputs.xmp import CN_NAMESPACE
+from .redact import scrub
 from .summary import Summary
 from .templates import get_template, load_mono_metrics, metrics_for
+from .terminal import terminal_safe
 
 __all__ = ["DescribeOptions", "run_describe"]
 
@@ -89,20 +103,37 @@ def _already_described(image: Path, opts: DescribeOptions) -> bool:
     return False
 
 
+SKIP_RESUMED = "already described in the results file (--resume)"
+SKIP_SIDECAR = "already described (their sidecar exists); --overwrite to redo"
+
+
 def _work(
-    opts: DescribeOptions, summary: Summary, done: set[str], prompt_for: Callable[[Path], str]
+    opts: DescribeOptions,
+    summary: Summary,
+    done: Mapping[str, dict],
+    prompt_for: Callable[[Path], str],
+    restore: list[tuple[Path, dict]],
 ) -> Iterator[Any]:
-    """Lazily yield map items: a ``Request`` per image to do, ``InputError`` per bad input."""
+    """Lazily yield map items: a ``Request`` per image to do, ``InputError`` per bad input.
+
+    With ``--resume`` an image is matched by its resolved path; one whose answer
+    is in the results file but whose sidecar could not be written goes to
+    *restore* (its sidecar is written from the results file, the model is not asked).
+    """
     for entry in iter_image_paths(opts.paths):
         if isinstance(entry, InputError):
             yield entry
             continue
         key = os.fsdecode(entry)
-        if key in done:
-            summary.skip(key, "already in the results file (--resume)")
+        record = done.get(resolved_key(entry)) if done else None
+        if record is not None:
+            if record.get("output_error") and isinstance(record.get("description"), str):
+                restore.append((entry, record))
+            else:
+                summary.skip(key, SKIP_RESUMED)
             continue
         if not opts.overwrite and not opts.resume and _already_described(entry, opts):
-            summary.skip(key, "already has a description sidecar (use --overwrite)")
+            summary.skip(key, SKIP_SIDECAR)
             continue
         yield Request(prompt=prompt_for(entry), images=(entry,), id=key)
 
@@ -117,7 +148,7 @@ def _record(result: Result, opts: DescribeOptions, metrics: Mapping[str, Any] | 
                 level = float(value)
                 break
     return NarrationRecord(
-        description=result.text.strip(),
+        description=scrub(result.text.strip()),
         vlm_model=result.model,
         vlm_processing_time=result.latency,
         mono_contamination_level=level,
@@ -152,16 +183,7 @@ async def _finish(
             backend=result.backend,
             hint="check the model and the prompt; raise --max-tokens if the answer was cut at the start",
         )
-    if error is None:
-        record = _record(result, opts, metrics)
-        try:
-            await anyio.to_thread.run_sync(_write_outputs, image, record, opts)
-        except ImageWorksError as exc:
-            error = exc
-        except OSError as exc:
-            error = InputError(
-                f"{result.id}: cannot write the sidecar: {exc.strerror or exc}", source=result.id
-            )
+    output_error = None if error is not None else await _write_sidecars(image, result, opts, metrics)
     sent = bool(result.attempts)  # an input error never reached a backend
     known = sent and result.backend in client.registry.backends
     ctx_url = redact_url(client.context(result.backend).base_url) if known else None
@@ -175,12 +197,97 @@ async def _finish(
             "base_url": ctx_url,
             "description": result.text.strip() if error is None else None,
             "processing_time": round(result.latency, 4),
+            "queue_time": round(result.queue_time, 4),
             "usage": attrs.asdict(result.usage) if error is None else None,
             "attempts": [attrs.asdict(a) for a in result.attempts],
             "error": None if error is None else _one_line(error),
+            **_extra_keys(result.id, output_error),
         }
     )
-    summary.add(result if error is None else attrs.evolve(result, error=error))
+    summary.add(
+        result
+        if error is None and output_error is None
+        else attrs.evolve(result, error=error or output_error)
+    )
+
+
+def _extra_keys(image: str | None, output_error: ImageWorksError | None) -> dict[str, Any]:
+    """``resolved_path`` (+ ``path_bytes_b64``) for an image; ``output_error`` when a sidecar failed."""
+    keys: dict[str, Any] = (
+        path_keys(image) if image and not image.startswith("#") else {"resolved_path": None}
+    )
+    if output_error is not None:
+        keys["output_error"] = _one_line(output_error)
+    return keys
+
+
+async def _write_sidecars(
+    image: Path, result: Result, opts: DescribeOptions, metrics: Mapping[str, Any] | None
+) -> ImageWorksError | None:
+    """Write the sidecars; the error (the answer itself is kept in the JSONL whatever happens)."""
+    record = _record(result, opts, metrics)
+    try:
+        await anyio.to_thread.run_sync(_write_outputs, image, record, opts)
+    except ImageWorksError as exc:
+        return OutputError(
+            f"{exc.message} (the description is kept in the results file)",
+            path=getattr(exc, "path", None) or str(image),
+            hint=_SIDECAR_HINT,
+        )
+    except OSError as exc:
+        shown = printable_path(os.fsdecode(exc.filename)) if exc.filename else printable_path(str(image))
+        return OutputError(
+            f"{printable_path(str(image))}: cannot write the sidecar {shown}: {exc.strerror or exc} "
+            "(the description is kept in the results file)",
+            path=str(image),
+            hint=_SIDECAR_HINT,
+        )
+    return None
+
+
+_SIDECAR_HINT = (
+    "make the image's folder writable (or free disk space), then rerun with --resume: "
+    "the missing sidecars are written from the results file without asking the model again"
+)
+
+
+async def _restore(
+    items: list[tuple[Path, dict]],
+    opts: DescribeOptions,
+    writer: JsonlWriter,
+    summary: Summary,
+    metrics: Mapping[str, Any] | None,
+) -> None:
+    """``--resume``: write the sidecars that failed last time, from the results file."""
+    for image, old in items:
+        key = os.fsdecode(image)
+        result = Result(
+            text=str(old["description"]),
+            model=str(old.get("model") or ""),
+            latency=float(old.get("processing_time") or 0.0),
+            id=key,
+        )
+        failed = await _write_sidecars(image, result, opts, metrics)
+        if failed is not None:
+            summary.add(attrs.evolve(result, error=failed))
+            continue
+        kept = {k: v for k, v in old.items() if k not in ("timestamp", "output_error")}
+        writer.write({**kept, "image": key, **_extra_keys(key, None), "output_error": None})
+        summary.skip(key, "already described; its missing sidecar was written from the results file")
+
+
+def _open_results(path: Path) -> JsonlWriter:
+    """The results file, opened for appending before anything is sent (exit 2 when it cannot be)."""
+    writer = JsonlWriter(path)
+    try:
+        return writer.open()
+    except OSError as exc:
+        reason = "is a directory" if os.path.isdir(path) else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"cannot write the results file {printable_path(os.fsdecode(path))}: {reason}",
+            source="--output",
+            hint="name a file in a folder you can write to: --output FILE",
+        ) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -206,9 +313,10 @@ async def run_describe(
             return opts.prompt
         return template.render(metrics_for(metrics, image) if metrics else None)
 
-    done = completed_images(opts.output) if opts.resume else set()
+    done = resume_index(opts.output) if opts.resume else {}
     summary = Summary(started=time.monotonic())
-    items = _work(opts, summary, done, prompt_for)
+    restore: list[tuple[Path, dict]] = []
+    items = _work(opts, summary, done, prompt_for, restore)
     if opts.dry_run:
         order = " -> ".join(client.backend_order())
         print(f"dry run: backends {order}; results would go to {opts.output}", file=out)
@@ -216,12 +324,12 @@ async def run_describe(
             if isinstance(item, InputError):
                 summary.add(Result(id=item.source, error=item))
             else:
-                print(f"would describe {item.id}", file=out)
+                print(f"would describe {terminal_safe(item.id or '', one_line=True)}", file=out)
                 summary.planned += 1
         return summary
-    if opts.preflight:
-        await client.dispatcher.preflight()
-    with JsonlWriter(opts.output) as writer:
+    with _open_results(opts.output) as writer:
+        if opts.preflight:
+            await client.dispatcher.preflight()
         finish = dict(
             client=client,
             opts=opts,
@@ -237,6 +345,7 @@ async def run_describe(
             async with client.map(items, concurrency=opts.concurrency, on_event=on_event) as results:
                 async for result in results:
                     await _finish(result, **finish)  # type: ignore[arg-type]
+        await _restore(restore, opts, writer, summary, metrics)
     summary.finished = time.monotonic()
     return summary
 
@@ -261,12 +370,12 @@ async def _run_streaming(
         model, usage = "", None
         try:
             image = await aprepare_image(item.images[0], max_pixels=client.settings.max_pixels)
-            print(f"\n== {item.id}", file=out)
+            print(f"\n== {terminal_safe(item.id or '', one_line=True)}", file=out)
             async for chunk in client.stream(attrs.evolve(item, images=(image,))):
                 text.append(chunk.text)
                 model = chunk.model or model
                 usage = chunk.usage or usage
-                print(chunk.text, end="", file=out, flush=True)
+                print(terminal_safe(scrub(chunk.text)), end="", file=out, flush=True)
             print(file=out)
             result = Result(
                 text="".join(text),
