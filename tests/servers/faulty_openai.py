@@ -589,7 +589,8 @@ def make_app() -> Any:
             elif fault == "echo_auth":
                 echoed = (
                     f"Invalid API key: {request.headers.get('Authorization', '(none)')}; "
-                    f"api-key {request.headers.get('api-key', '(none)')}; query {request.query_string or '(none)'}"
+                    f"api-key {request.headers.get('api-key', '(none)')}; "
+                    f"query {request.query_string or '(none)'}"
                 )
                 if action.get("where") == "content":
                     resp = await answer_ok(

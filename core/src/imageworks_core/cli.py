@@ -225,47 +225,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose, getattr(args, "json_logs", False))
+    try:
+        return _run(args, parser)
+    except BaseException as exc:  # every outcome becomes an exit code and one message
+        return _exit_code(_leaf(exc))
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import commands
+
+    if args.command in ("describe", "narrate"):
+        return commands.describe(args, _client)
+    if args.command == "backends":
+        return commands.backends(args)
+    if args.command == "health":
+        return commands.health(args, _client(args))
+    if args.command == "config":
+        if args.config_command != "show":
+            parser.parse_args(["config", "--help"])
+        return commands.config_show(args, _client(args))
+    return EXIT_USAGE  # pragma: no cover
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one error, else *exc* itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _exit_code(exc: BaseException) -> int:
     from .errors import BackendUnavailable, ConfigError, ImageWorksError, InputError, PluginError
 
-    try:
-        from . import commands
-
-        if args.command in ("describe", "narrate"):
-            return commands.describe(args, _client)
-        if args.command == "backends":
-            return commands.backends(args)
-        if args.command == "health":
-            return commands.health(args, _client(args))
-        if args.command == "config":
-            if args.config_command != "show":
-                parser.parse_args(["config", "--help"])
-            return commands.config_show(args, _client(args))
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         _err("interrupted; every finished result is in the results file (rerun with --resume)")
         return EXIT_INTERRUPTED
-    except BackendUnavailable as exc:
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, BackendUnavailable):
         _err(exc.message, exc.hint)
         return EXIT_UNAVAILABLE
-    except (ConfigError, PluginError, InputError) as exc:
+    if isinstance(exc, ConfigError | PluginError | InputError):
         # per-image input errors never get here: an InputError here is about the arguments
         _err(exc.message, exc.hint)
         return EXIT_USAGE
-    except BrokenPipeError:  # `imageworks ... | head`
+    if isinstance(exc, BrokenPipeError):  # `imageworks ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except ImageWorksError as exc:
+    if isinstance(exc, ImageWorksError):
         _err(exc.message, exc.hint)
         return EXIT_FAILED
-    except Exception as exc:  # a bug: one line, not a traceback (which -vv shows)
-        import logging
+    if not isinstance(exc, Exception):
+        raise exc
+    # a bug: one line, not a traceback (which -vv or IMAGEWORKS_LOG_LEVEL=debug shows)
+    import logging
 
-        logging.getLogger("imageworks.cli").debug("internal error", exc_info=True)
-        _err(
-            f"internal error: {type(exc).__name__}: {exc}",
-            "this is a bug in imageworks (or a plugin); rerun with -vv for the traceback and report it",
-        )
-        return EXIT_INTERNAL
-    return EXIT_USAGE  # pragma: no cover
+    logging.getLogger("imageworks.cli").debug("internal error", exc_info=exc)
+    _err(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in imageworks (or a plugin); rerun with -vv for the traceback and report it",
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover
