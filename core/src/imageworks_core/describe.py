@@ -276,11 +276,13 @@ async def _restore(
         summary.skip(key, "already described; its missing sidecar was written from the results file")
 
 
-def _open_results(path: Path) -> JsonlWriter:
-    """The results file, opened for appending before anything is sent (exit 2 when it cannot be)."""
+def _open_results(path: Path) -> tuple[JsonlWriter, bool]:
+    """The results file, opened for appending before anything is sent (exit 2 when it cannot be),
+    and whether it was created now."""
+    created = not os.path.lexists(path)
     writer = JsonlWriter(path)
     try:
-        return writer.open()
+        return writer.open(), created
     except OSError as exc:
         reason = "is a directory" if os.path.isdir(path) else (exc.strerror or str(exc))
         raise ConfigError(
@@ -327,9 +329,16 @@ async def run_describe(
                 print(f"would describe {terminal_safe(item.id or '', one_line=True)}", file=out)
                 summary.planned += 1
         return summary
-    with _open_results(opts.output) as writer:
+    writer, created = _open_results(opts.output)
+    with writer:
         if opts.preflight:
-            await client.dispatcher.preflight()
+            try:
+                await client.dispatcher.preflight()
+            except BaseException:  # nothing was sent: leave no empty results file behind
+                writer.close()
+                if created:
+                    opts.output.unlink(missing_ok=True)
+                raise
         finish = dict(
             client=client,
             opts=opts,
