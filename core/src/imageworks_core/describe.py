@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import anyio
 import attrs
 
 from .client import Client
@@ -23,30 +22,21 @@ from .discovery import iter_image_paths
 from .errors import (
     BackendError,
     BackendProtocolError,
-    ConfigError,
     ImageWorksError,
     InputError,
-    OutputError,
     PluginError,
     redact_url,
 )
 from .events import Event
-from .images import printable_path
 from .models import Attempt, Request, Result, Usage
 from .outputs import (
     JsonlWriter,
-    NarrationRecord,
-    embed_xmp,
-    json_sidecar_path,
-    path_keys,
     resolved_key,
     resume_index,
-    write_json_sidecar,
-    write_xmp_sidecar,
-    xmp_sidecar_path,
 )
-from .outputs.xmp import CN_NAMESPACE
 from .redact import scrub
+from .sidecars import already_described, extra_keys, open_results, write_sidecars
+from .sidecars import restore as restore_sidecars
 from .summary import Summary
 from .templates import get_template, load_mono_metrics, metrics_for
 from .terminal import terminal_safe
@@ -91,18 +81,6 @@ class DescribeOptions:
     preflight: bool = True
 
 
-def _already_described(image: Path, opts: DescribeOptions) -> bool:
-    if opts.json_sidecar and json_sidecar_path(image).exists():
-        return True
-    if opts.xmp == "sidecar":
-        try:
-            with xmp_sidecar_path(image).open("rb") as fh:
-                return CN_NAMESPACE.encode() in fh.read(1 << 20)
-        except OSError:
-            return False
-    return False
-
-
 SKIP_RESUMED = "already described in the results file (--resume)"
 SKIP_SIDECAR = "already described (their sidecar exists); --overwrite to redo"
 
@@ -132,36 +110,10 @@ def _work(
             else:
                 summary.skip(key, SKIP_RESUMED)
             continue
-        if not opts.overwrite and not opts.resume and _already_described(entry, opts):
+        if not opts.overwrite and not opts.resume and already_described(entry, opts):
             summary.skip(key, SKIP_SIDECAR)
             continue
         yield Request(prompt=prompt_for(entry), images=(entry,), id=key)
-
-
-def _record(result: Result, opts: DescribeOptions, metrics: Mapping[str, Any] | None) -> NarrationRecord:
-    level = None
-    image_metrics = metrics_for(metrics, Path(result.id or "")) if metrics else None
-    if image_metrics:
-        for key in ("mono_contamination_level", "contamination_level", "contamination", "level"):
-            value = image_metrics.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                level = float(value)
-                break
-    return NarrationRecord(
-        description=scrub(result.text.strip()),
-        vlm_model=result.model,
-        vlm_processing_time=result.latency,
-        mono_contamination_level=level,
-    )
-
-
-def _write_outputs(image: Path, record: NarrationRecord, opts: DescribeOptions) -> None:
-    if opts.xmp == "sidecar":
-        write_xmp_sidecar(image, record)
-    elif opts.xmp == "embed":
-        embed_xmp(image, record, keep_backup=opts.keep_backup)
-    if opts.json_sidecar:
-        write_json_sidecar(image, record)
 
 
 async def _finish(
@@ -183,7 +135,7 @@ async def _finish(
             backend=result.backend,
             hint="check the model and the prompt; raise --max-tokens if the answer was cut at the start",
         )
-    output_error = None if error is not None else await _write_sidecars(image, result, opts, metrics)
+    output_error = None if error is not None else await write_sidecars(image, result, opts, metrics)
     sent = bool(result.attempts)  # an input error never reached a backend
     known = sent and result.backend in client.registry.backends
     ctx_url = redact_url(client.context(result.backend).base_url) if known else None
@@ -201,7 +153,7 @@ async def _finish(
             "usage": attrs.asdict(result.usage) if error is None else None,
             "attempts": [attrs.asdict(a) for a in result.attempts],
             "error": None if error is None else _one_line(error),
-            **_extra_keys(result.id, output_error),
+            **extra_keys(result.id, output_error),
         }
     )
     summary.add(
@@ -209,87 +161,6 @@ async def _finish(
         if error is None and output_error is None
         else attrs.evolve(result, error=error or output_error)
     )
-
-
-def _extra_keys(image: str | None, output_error: ImageWorksError | None) -> dict[str, Any]:
-    """``resolved_path`` (+ ``path_bytes_b64``) for an image; ``output_error`` when a sidecar failed."""
-    keys: dict[str, Any] = (
-        path_keys(image) if image and not image.startswith("#") else {"resolved_path": None}
-    )
-    if output_error is not None:
-        keys["output_error"] = _one_line(output_error)
-    return keys
-
-
-async def _write_sidecars(
-    image: Path, result: Result, opts: DescribeOptions, metrics: Mapping[str, Any] | None
-) -> ImageWorksError | None:
-    """Write the sidecars; the error (the answer itself is kept in the JSONL whatever happens)."""
-    record = _record(result, opts, metrics)
-    try:
-        await anyio.to_thread.run_sync(_write_outputs, image, record, opts)
-    except ImageWorksError as exc:
-        return OutputError(
-            f"{exc.message} (the description is kept in the results file)",
-            path=getattr(exc, "path", None) or str(image),
-            hint=_SIDECAR_HINT,
-        )
-    except OSError as exc:
-        shown = printable_path(os.fsdecode(exc.filename)) if exc.filename else printable_path(str(image))
-        return OutputError(
-            f"{printable_path(str(image))}: cannot write the sidecar {shown}: {exc.strerror or exc} "
-            "(the description is kept in the results file)",
-            path=str(image),
-            hint=_SIDECAR_HINT,
-        )
-    return None
-
-
-_SIDECAR_HINT = (
-    "make the image's folder writable (or free disk space), then rerun with --resume: "
-    "the missing sidecars are written from the results file without asking the model again"
-)
-
-
-async def _restore(
-    items: list[tuple[Path, dict]],
-    opts: DescribeOptions,
-    writer: JsonlWriter,
-    summary: Summary,
-    metrics: Mapping[str, Any] | None,
-) -> None:
-    """``--resume``: write the sidecars that failed last time, from the results file."""
-    for image, old in items:
-        key = os.fsdecode(image)
-        result = Result(
-            text=str(old["description"]),
-            model=str(old.get("model") or ""),
-            latency=float(old.get("processing_time") or 0.0),
-            id=key,
-        )
-        failed = await _write_sidecars(image, result, opts, metrics)
-        if failed is not None:
-            summary.add(attrs.evolve(result, error=failed))
-            continue
-        kept = {k: v for k, v in old.items() if k not in ("timestamp", "output_error")}
-        writer.write({**kept, "image": key, **_extra_keys(key, None), "output_error": None})
-        summary.skip(key, "already described; its missing sidecar was written from the results file")
-
-
-def _open_results(path: Path) -> tuple[JsonlWriter, bool]:
-    """The results file, opened for appending before anything is sent (exit 2 when it cannot be),
-    and whether it was created now."""
-    created = not os.path.lexists(path)
-    writer = JsonlWriter(path)
-    try:
-        return writer.open(), created
-    except OSError as exc:
-        reason = "is a directory" if os.path.isdir(path) else (exc.strerror or str(exc))
-        raise ConfigError(
-            f"cannot write the results file {printable_path(os.fsdecode(path))}: {reason}",
-            source="--output",
-            hint="name a file in a folder you can write to: --output FILE",
-        ) from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -317,8 +188,8 @@ async def run_describe(
 
     done = resume_index(opts.output) if opts.resume else {}
     summary = Summary(started=time.monotonic())
-    restore: list[tuple[Path, dict]] = []
-    items = _work(opts, summary, done, prompt_for, restore)
+    missing_sidecars: list[tuple[Path, dict]] = []
+    items = _work(opts, summary, done, prompt_for, missing_sidecars)
     if opts.dry_run:
         order = " -> ".join(client.backend_order())
         print(f"dry run: backends {order}; results would go to {opts.output}", file=out)
@@ -329,7 +200,7 @@ async def run_describe(
                 print(f"would describe {terminal_safe(item.id or '', one_line=True)}", file=out)
                 summary.planned += 1
         return summary
-    writer, created = _open_results(opts.output)
+    writer, created = open_results(opts.output)
     with writer:
         if opts.preflight:
             try:
@@ -354,7 +225,7 @@ async def run_describe(
             async with client.map(items, concurrency=opts.concurrency, on_event=on_event) as results:
                 async for result in results:
                     await _finish(result, **finish)  # type: ignore[arg-type]
-        await _restore(restore, opts, writer, summary, metrics)
+        await restore_sidecars(missing_sidecars, opts, writer, summary, metrics)
     summary.finished = time.monotonic()
     return summary
 
