@@ -259,3 +259,19 @@ def test_url_query_key_travels_with_every_request(tmp_path: Path, faulty: Any) -
     assert all(e["query"] == f"key={KEY}" for e in log), log
     records = read_jsonl(tmp_path / "imageworks-results.jsonl")
     assert {r["base_url"] for r in records} == {faulty.v1}  # the endpoint; the key is never written
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.id for s in SOURCES])
+def test_stream_never_prints_a_secret_split_across_chunks(
+    tmp_path: Path, faulty: Any, source: Source
+) -> None:
+    """``--stream`` prints tokens live: a key the model repeats in 3-character chunks is still hidden."""
+    _jpegs(tmp_path / "imgs", 1)
+    echo = {"fault": "echo_auth", "where": "content", "piece_chars": 3}
+    faulty.script([{"match": {"path": "/v1/chat/completions"}, **echo}])
+    args = _args(source, faulty, tmp_path)
+    proc = run_cli(tmp_path, "describe", "imgs", "--output", "s.jsonl", "--stream", *args, **source.env)
+    assert proc.returncode == 0, show(proc)
+    assert faulty.log("/v1/chat/completions")[0]["stream"] is True
+    assert "Invalid API key" in proc.stdout and source.echoed in proc.stdout, show(proc)
+    _assert_nowhere(source, tmp_path, proc.stdout, proc.stderr)

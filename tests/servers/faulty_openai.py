@@ -41,7 +41,8 @@ ACTION = {"fault": FAULT, ...parameters}; a bare string is shorthand for ``{"fau
 Parameters every fault accepts: ``"delay_s"`` (sleep first; for ``delay`` it is
 the sleep, default 1.0, alias ``"seconds"``) and ``"headers"`` (extra response
 headers).  Streamed ``ok``/``delay``/``finish_reason`` answers also take
-``"chunk_delay_s"`` (sleep before each content chunk).  Faults:
+``"chunk_delay_s"`` (sleep before each content chunk) and ``"piece_chars"`` (send the
+content in chunks of that many characters instead of three pieces).  Faults:
 
 * ``"ok"`` -- normal behaviour: the canned answer on ``/v1/chat/completions``
   (JSON, or SSE when the request has ``"stream": true``), ``/health``,
@@ -140,6 +141,7 @@ ACTION_KEYS = frozenset(
         "code",
         "finish_reason",
         "where",
+        "piece_chars",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -523,7 +525,9 @@ def make_app() -> Any:
         resp = await sse_response(request, headers)
         gap = float(action.get("chunk_delay_s", 0.0))
         await resp.write(_chunk(seq, model, {"role": "assistant", "content": ""}, None))
-        for piece in _pieces(content):
+        size = int(action.get("piece_chars", 0))
+        pieces = [content[i : i + size] for i in range(0, len(content), size)] if size > 0 else None
+        for piece in pieces or _pieces(content):
             if gap > 0:
                 await asyncio.sleep(gap)
             await resp.write(_chunk(seq, model, {"content": piece}, None))

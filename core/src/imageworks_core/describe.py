@@ -34,7 +34,7 @@ from .outputs import (
     resolved_key,
     resume_index,
 )
-from .redact import scrub
+from .redact import StreamScrubber
 from .sidecars import already_described, extra_keys, open_results, write_sidecars
 from .sidecars import restore as restore_sidecars
 from .summary import Summary
@@ -251,12 +251,13 @@ async def _run_streaming(
         try:
             image = await aprepare_image(item.images[0], max_pixels=client.settings.max_pixels)
             print(f"\n== {terminal_safe(item.id or '', one_line=True)}", file=out)
+            shown = StreamScrubber()  # a key the model repeats may be split across chunks
             async for chunk in client.stream(attrs.evolve(item, images=(image,))):
                 text.append(chunk.text)
                 model = chunk.model or model
                 usage = chunk.usage or usage
-                print(terminal_safe(scrub(chunk.text)), end="", file=out, flush=True)
-            print(file=out)
+                print(terminal_safe(shown.feed(chunk.text)), end="", file=out, flush=True)
+            print(terminal_safe(shown.flush()), file=out)
             result = Result(
                 text="".join(text),
                 backend=backend,

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "MASK",
+    "StreamScrubber",
     "MIN_SECRET_LENGTH",
     "is_sensitive_header",
     "redact_headers",
@@ -141,3 +142,39 @@ def redact_url(url: str) -> str:
     if parts.query and not query:
         query = MASK
     return scrub(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
+
+
+class StreamScrubber:
+    """Scrub text that arrives in pieces (a streamed answer printed live).
+
+    A secret may be split across chunks, so the end of what has arrived is held
+    back while it could still be the start of a secret; :meth:`flush` gives the
+    rest once the stream ends.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        """What of ``pending + text`` can be shown now (scrubbed)."""
+        data = self._pending + text
+        keep = 0
+        with _lock:
+            secrets = list(_secrets)
+        for secret in secrets:  # the longest tail of data that is a proper prefix of a secret
+            for n in range(min(len(secret) - 1, len(data)), keep, -1):
+                if data.endswith(secret[:n]):
+                    keep = n
+                    break
+        cut = len(data) - keep
+        shown, self._pending = scrub(data[:cut]), data[cut:]
+        # a secret that straddles the cut is whole in data: scrub the joined text instead
+        if scrub(data) != scrub(data[:cut]) + scrub(data[cut:]):
+            self._pending = ""
+            return scrub(data)
+        return shown
+
+    def flush(self) -> str:
+        """The held-back rest (scrubbed)."""
+        rest, self._pending = self._pending, ""
+        return scrub(rest)
