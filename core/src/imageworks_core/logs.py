@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from .outputs._common import unicode_safe
 from .redact import scrub, scrub_data
 from .terminal import terminal_safe
 
@@ -40,8 +41,8 @@ class JsonFormatter(logging.Formatter):
             data.update(fields)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        # json.dumps escapes control characters; ensure_ascii also escapes lone surrogates
-        return json.dumps(scrub_data(data), ensure_ascii=True, default=str)
+        # json.dumps escapes control characters; lone surrogates become U+FFFD (strict JSON)
+        return unicode_safe(json.dumps(scrub_data(data), ensure_ascii=False, default=str))
 
 
 def env_level() -> int | None:
