@@ -25,6 +25,8 @@ import pytest
 from cli_helpers import backend_args, read_jsonl, run_cli, show
 from PIL import Image
 
+from imageworks_core.outputs.jsonl import record_path
+
 NON_UTF8 = os.fsdecode(b"caf\xe9 \xff.jpg")  # Latin-1 bytes: not valid UTF-8
 SPACED = "with  two spaces & more.jpg"
 
@@ -156,7 +158,7 @@ def bad_run(tmp_path_factory: pytest.TempPathFactory, _faulty_session: Any) -> I
             os.chmod(folder / "locked.jpg", 0o644)
     records: dict[str, list[dict[str, Any]]] = {}
     for record in read_jsonl(cwd / "results.jsonl"):
-        records.setdefault(os.path.basename(record["image"]), []).append(record)
+        records.setdefault(os.path.basename(record_path(record) or ""), []).append(record)
     lines = proc.stdout.splitlines()
     failed_at = lines.index("failed images:") if "failed images:" in lines else len(lines)
     hints_at = lines.index("what to do:") if "what to do:" in lines else len(lines)
@@ -201,13 +203,15 @@ def test_good_input_in_the_same_run_succeeds(bad_run: BadRun, case: Case) -> Non
     [record] = bad_run.records[case.name]
     assert record["error"] is None, record
     assert record["description"].endswith("A grey cat on a sofa.")
-    # the JSONL keeps the exact name: os.fsencode gives back the original bytes
-    assert os.fsencode(record["image"]) == os.fsencode(os.path.join("in", case.name))
+    # the JSONL keeps the exact name: U+FFFD in the text, the original bytes beside it (issue 13.6)
+    assert "\udce9" not in record["image"]
+    assert os.fsencode(record_path(record) or "") == os.fsencode(os.path.join("in", case.name))
     stem = os.path.splitext(case.name)[0]
     assert (bad_run.folder / f"{stem}.xmp").is_file()
     sidecar = bad_run.folder / f"{case.name}.cn_metadata.json"
-    meta = json.loads(sidecar.read_bytes())
-    assert os.fsencode(meta["source_file"]) == os.fsencode(os.path.join("in", case.name))
+    meta = json.loads(sidecar.read_bytes().decode("utf-8"))  # strict UTF-8, no lone surrogates
+    shown = case.name.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")  # lone -> U+FFFD
+    assert meta["source_file"] == os.path.join("in", shown)
     assert not any(case.name in line for line in bad_run.summary_lines)
 
 

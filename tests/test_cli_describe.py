@@ -442,7 +442,9 @@ FOREIGN_XMP = b"""<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>
 
 
 def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: Any) -> None:
-    """Unwritable sidecars become their own images' errors; a foreign sidecar is merged into."""
+    """Unwritable sidecars become their own images' errors, the paid-for description is kept in
+    the JSONL, and --resume writes the missing sidecars without asking the model again (issue 13.4);
+    a foreign sidecar is merged into."""
     folder = tmp_path / "w"
     a, b, c, d = make_jpegs(folder, 4)
     garbage = b"this is not XMP <<< & not even XML"
@@ -455,8 +457,11 @@ def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: An
     assert proc.returncode == 1, show(proc)
     recs = by_name(read_jsonl(tmp_path / "r.jsonl", skip_broken=True))
     assert {k: len(v) for k, v in recs.items()} == {p.name: 1 for p in (a, b, c, d)}
-    assert recs[a.name][0]["error"] is None and recs[d.name][0]["error"] is None
-    err_b, err_c = recs[b.name][0]["error"], recs[c.name][0]["error"]
+    assert all(recs[p.name][0]["error"] is None for p in (a, b, c, d))
+    for p in (a, b, c, d):  # the answer the user paid for is in the JSONL, whatever the sidecar did
+        assert recs[p.name][0]["description"].endswith("A grey cat on a sofa."), recs[p.name]
+    assert recs[a.name][0].get("output_error") is None and recs[d.name][0].get("output_error") is None
+    err_b, err_c = recs[b.name][0]["output_error"], recs[c.name][0]["output_error"]
     assert "left untouched" in err_b and "img01.xmp" in err_b, err_b
     assert "img02" in err_c and "sidecar" in err_c, err_c
     assert "\n" not in err_b + err_c
@@ -479,16 +484,22 @@ def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: An
     assert foreign["Rating"] == 4 and foreign["Label"] == "Red"
     assert not [n for n in os.listdir(folder) if n.startswith(".") or n.endswith((".tmp", ".part"))]
 
-    # Once the obstacles are gone, --resume sends exactly the two failed images.
+    # Once the obstacles are gone, --resume writes the two missing sidecars from the JSONL: no request.
     b.with_suffix(".xmp").unlink()
     c.with_suffix(".xmp").rmdir()
     faulty.reset()
     proc = run_cli(tmp_path, "describe", "w", "--output", "r.jsonl", "--resume", *common)
     assert proc.returncode == 0, show(proc)
-    assert len(chat_requests(faulty)) == 2
-    final = read_jsonl(tmp_path / "r.jsonl", skip_broken=True)
-    ok = sorted(Path(r["image"]).name for r in final if r["error"] is None)
-    assert ok == sorted(p.name for p in (a, b, c, d))
+    assert len(chat_requests(faulty)) == 0
+    for p in (b, c):
+        assert exiftool_read(p.with_suffix(".xmp"))["XMP-dc:Description"].endswith("A grey cat on a sofa.")
+        assert p.with_name(p.name + ".cn_metadata.json").is_file()
+    final = by_name(read_jsonl(tmp_path / "r.jsonl", skip_broken=True))
+    assert [r.get("output_error") for r in final[b.name]] == [err_b, None]  # the new record closes it
+    # a third run has nothing left to do
+    proc = run_cli(tmp_path, "describe", "w", "--output", "r.jsonl", "--resume", *common)
+    assert proc.returncode == 0 and len(chat_requests(faulty)) == 0, show(proc)
+    assert "4 already described in the results file" in proc.stdout, show(proc)
 
 
 # ------------------------------------------------------------------ the same job through the Python API

@@ -416,12 +416,12 @@ def test_json_sidecar_name_and_fields(tmp_path: Path) -> None:
     path = write_json_sidecar(image, full_record(description=NASTY))
     assert path == tmp_path / "photo.jpg.cn_metadata.json"
     raw = path.read_bytes()
-    text = raw.decode("utf-8")  # strict: lone surrogate written as an escape
+    text = raw.decode("utf-8")  # strict UTF-8
     assert "\U0001f308" in text  # ensure_ascii=False
-    assert "\\ud800" in text
+    assert "\\ud800" not in text and "\ufffd" in text  # a lone surrogate: strict parsers refuse it
     data = json.loads(text)
     assert list(data) == JSON_KEYS
-    assert data["description"] == NASTY  # JSON carries every character exactly
+    assert data["description"] == NASTY.replace("\ud800", "\ufffd")  # everything else exactly
     assert data["confidence_score"] == 0.87
     assert data["processing_timestamp"] == "2025-03-04T05:06:07.123456+00:00"
     assert data["mono_contamination_level"] == 0.125
@@ -445,7 +445,9 @@ def test_json_sidecar_nulls_and_non_utf8_name(tmp_path: Path) -> None:
     path = write_json_sidecar(image, NarrationRecord("d", "m", 1.0, confidence_score=float("inf")))
     assert os.fsencode(path.name) == b"caf\xe9 \xff.jpg.cn_metadata.json"
     data = json.loads(path.read_bytes().decode("utf-8"))
-    assert os.fsencode(data["source_file"]) == os.fsencode(image)
+    assert data["source_file"] == os.fsdecode(
+        os.fsencode(image).replace(b"\xe9", b"\xef\xbf\xbd").replace(b"\xff", b"\xef\xbf\xbd")
+    )
     assert data["confidence_score"] is None and data["hue_analysis"] is None
     assert data["color_regions"] == []
 
@@ -543,7 +545,14 @@ def test_jsonl_non_utf8_image_names_round_trip(tmp_path: Path) -> None:
     data = path.read_bytes()
     data.decode("utf-8")  # the file is valid UTF-8
     assert "naïve 🌈.jpg".encode() in data  # UTF-8 names stay readable
-    assert b"\\udce9" in data  # undecodable byte 0xE9 -> lone-surrogate escape
+    assert b"\\udc" not in data and "caf\ufffd.jpg".encode() in data  # U+FFFD in the text ...
+    records = [json.loads(line) for line in data.splitlines()]
+    assert [r.get("image_bytes_b64") is not None for r in records] == [
+        True,
+        True,
+        False,
+        True,
+    ]  # ... bytes beside
     done = completed_images(path)
     assert done == {os.fsdecode(image) for image in images}
     assert {os.fsencode(name) for name in done} == {os.fsencode(image) for image in images}

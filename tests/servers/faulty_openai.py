@@ -41,7 +41,8 @@ ACTION = {"fault": FAULT, ...parameters}; a bare string is shorthand for ``{"fau
 Parameters every fault accepts: ``"delay_s"`` (sleep first; for ``delay`` it is
 the sleep, default 1.0, alias ``"seconds"``) and ``"headers"`` (extra response
 headers).  Streamed ``ok``/``delay``/``finish_reason`` answers also take
-``"chunk_delay_s"`` (sleep before each content chunk).  Faults:
+``"chunk_delay_s"`` (sleep before each content chunk) and ``"piece_chars"`` (send the
+content in chunks of that many characters instead of three pieces).  Faults:
 
 * ``"ok"`` -- normal behaviour: the canned answer on ``/v1/chat/completions``
   (JSON, or SSE when the request has ``"stream": true``), ``/health``,
@@ -62,6 +63,10 @@ headers).  Streamed ``ok``/``delay``/``finish_reason`` answers also take
   ``data: {"error": {"message": <"message">, "code": <"code", default 500>}}``,
   then ``data: [DONE]``.
 * ``"reset"`` -- abort the TCP connection (RST) without any response.
+* ``"echo_auth"`` -- ``"status"`` (default 401) with an OpenAI-style error body
+  whose message echoes the request's credentials back, as careless servers do:
+  ``Invalid API key: <Authorization header>; api-key <api-key header>; query <query string>``.
+  With ``"where": "content"`` it is a 200 answer whose *content* echoes them instead.
 * ``"finish_reason"`` -- 200 answer (JSON, or SSE if the request streams) with
   ``"finish_reason"`` (default ``"error"``) and ``"content"`` (default ``""``).
 
@@ -69,7 +74,8 @@ LOG ENTRY::
 
     {"seq": 0, "time": 1700000000.123, "method": "POST", "path": "/v1/chat/completions",
      "request_id": "item-3" | null, "model": "fake-vlm" | null, "stream": false,
-     "fault": "ok", "rule": 0 | null, "status": 200 | null, "completed": true, "duration_s": 0.001}
+     "fault": "ok", "rule": 0 | null, "status": 200 | null, "completed": true, "duration_s": 0.001,
+     "query": "key=..." (the raw query string, "" when none)}
 
 ``rule`` is the index of the rule that fired (null: the default); ``status`` is
 the HTTP status sent (null for ``reset`` and while unanswered); ``completed`` is
@@ -103,7 +109,17 @@ from typing import Any
 SERVED_MODEL = "fake-vlm"
 ANSWER = "A grey cat on a sofa."
 FAULTS = frozenset(
-    {"ok", "status", "delay", "malformed_json", "sse_cut", "sse_inband_error", "reset", "finish_reason"}
+    {
+        "ok",
+        "status",
+        "delay",
+        "malformed_json",
+        "sse_cut",
+        "sse_inband_error",
+        "reset",
+        "finish_reason",
+        "echo_auth",
+    }
 )
 MATCH_KEYS = frozenset(
     {"path", "path_prefix", "method", "model", "stream", "request_id", "body_contains", "headers"}
@@ -124,6 +140,8 @@ ACTION_KEYS = frozenset(
         "message",
         "code",
         "finish_reason",
+        "where",
+        "piece_chars",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -507,7 +525,9 @@ def make_app() -> Any:
         resp = await sse_response(request, headers)
         gap = float(action.get("chunk_delay_s", 0.0))
         await resp.write(_chunk(seq, model, {"role": "assistant", "content": ""}, None))
-        for piece in _pieces(content):
+        size = int(action.get("piece_chars", 0))
+        pieces = [content[i : i + size] for i in range(0, len(content), size)] if size > 0 else None
+        for piece in pieces or _pieces(content):
             if gap > 0:
                 await asyncio.sleep(gap)
             await resp.write(_chunk(seq, model, {"content": piece}, None))
@@ -539,6 +559,7 @@ def make_app() -> Any:
             "status": None,
             "completed": False,
             "duration_s": None,
+            "query": request.query_string,
         }
         state.log.append(entry)
         headers = {str(k): str(v) for k, v in dict(action.get("headers", {})).items()}
@@ -569,6 +590,20 @@ def make_app() -> Any:
                         content_type=str(action.get("content_type", "text/plain")),
                         headers=headers,
                     )
+            elif fault == "echo_auth":
+                echoed = (
+                    f"Invalid API key: {request.headers.get('Authorization', '(none)')}; "
+                    f"api-key {request.headers.get('api-key', '(none)')}; "
+                    f"query {request.query_string or '(none)'}"
+                )
+                if action.get("where") == "content":
+                    resp = await answer_ok(
+                        request, info, {**action, "content": echoed}, seq, headers, echo_id=False
+                    )
+                else:
+                    status = int(action.get("status", 401))
+                    body = {"error": {"message": echoed, "type": "invalid_request_error", "code": status}}
+                    resp = web.json_response(body, status=status, headers=headers)
             elif fault == "malformed_json":
                 resp = web.Response(
                     status=200,

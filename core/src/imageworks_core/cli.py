@@ -5,7 +5,9 @@ Heavy modules are imported inside the command functions so ``imageworks
 
 Exit codes: 0 success; 1 some images failed (or a backend is not ready, for
 ``health``); 2 bad usage or configuration; 3 no backend could be reached (at
-the start, or it stayed down past ``--wait-for-backend``); 130 interrupted.
+the start, or it stayed down past ``--wait-for-backend``); 70 internal error (a
+bug: one line on stderr, the traceback with ``-vv`` or
+``IMAGEWORKS_LOG_LEVEL=debug``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE
 
 
 def _installed() -> str:
@@ -132,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     installed = _installed()
     epilog = (
         f"installed backends: {installed} (default: vllm). "
-        "Exit codes: 0 ok, 1 failures, 2 usage/config, 3 no backend reachable."
+        "Exit codes: 0 ok, 1 failures, 2 usage/config, 3 no backend reachable, "
+        "70 internal error (a bug), 130 interrupted."
     )
     parser = argparse.ArgumentParser(
         prog="imageworks",
@@ -203,9 +207,12 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _err(message: str, hint: str | None = None) -> None:
-    print(f"imageworks: {message}", file=sys.stderr)
+    from .redact import scrub
+    from .terminal import terminal_safe
+
+    print(f"imageworks: {terminal_safe(scrub(message), one_line=True)}", file=sys.stderr)
     if hint:
-        print(f"  {hint.replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
+        print(f"  {terminal_safe(scrub(hint)).replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
 
 
 def _setup_logging(verbose: int, json_logs: bool = False) -> None:
@@ -226,38 +233,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(args.verbose, getattr(args, "json_logs", False))
+    try:
+        return _run(args, parser)
+    except BaseException as exc:  # every outcome becomes an exit code and one message
+        return _exit_code(_leaf(exc))
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import commands
+
+    if args.command in ("describe", "narrate"):
+        return commands.describe(args, _client)
+    if args.command == "backends":
+        return commands.backends(args)
+    if args.command == "health":
+        return commands.health(args, _client(args))
+    if args.command == "config":
+        if args.config_command != "show":
+            parser.parse_args(["config", "--help"])
+        return commands.config_show(args, _client(args))
+    return EXIT_USAGE  # pragma: no cover
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one error, else *exc* itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _exit_code(exc: BaseException) -> int:
     from .errors import BackendUnavailable, ConfigError, ImageWorksError, InputError, PluginError
 
-    try:
-        from . import commands
-
-        if args.command in ("describe", "narrate"):
-            return commands.describe(args, _client)
-        if args.command == "backends":
-            return commands.backends(args)
-        if args.command == "health":
-            return commands.health(args, _client(args))
-        if args.command == "config":
-            if args.config_command != "show":
-                parser.parse_args(["config", "--help"])
-            return commands.config_show(args, _client(args))
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         _err("interrupted; every finished result is in the results file (rerun with --resume)")
         return EXIT_INTERRUPTED
-    except BackendUnavailable as exc:
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, BackendUnavailable):
         _err(exc.message, exc.hint)
         return EXIT_UNAVAILABLE
-    except (ConfigError, PluginError, InputError) as exc:
+    if isinstance(exc, ConfigError | PluginError | InputError):
         # per-image input errors never get here: an InputError here is about the arguments
         _err(exc.message, exc.hint)
         return EXIT_USAGE
-    except BrokenPipeError:  # `imageworks ... | head`
+    if isinstance(exc, BrokenPipeError):  # `imageworks ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except ImageWorksError as exc:
+    if isinstance(exc, ImageWorksError):
         _err(exc.message, exc.hint)
         return EXIT_FAILED
-    return EXIT_USAGE  # pragma: no cover
+    if not isinstance(exc, Exception):
+        raise exc
+    # a bug: one line, not a traceback (which -vv or IMAGEWORKS_LOG_LEVEL=debug shows)
+    import logging
+
+    logging.getLogger("imageworks.cli").debug("internal error", exc_info=exc)
+    _err(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in imageworks (or a plugin); rerun with -vv for the traceback and report it",
+    )
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

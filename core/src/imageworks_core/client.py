@@ -13,6 +13,7 @@ per endpoint and one context per backend; nothing is shared between clients.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import logging
@@ -20,16 +21,17 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
 from .config import Config, load_config
 from .context import BackendContext
-from .errors import BackendRejected, ImageWorksError, PluginError, redact_url
+from .errors import BackendRejected, ConfigError, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, Request, Result
 from .plugins import BackendRegistry
+from .redact import is_sensitive_header, register_secret, url_secrets
 from .settings import Secret, Settings, split_base_urls
 from .transport import Timeouts, Transport, open_transport
 
@@ -176,12 +178,14 @@ class Client:
         urls = split_base_urls(bs.base_url or loaded.info.default_base_url)
         concurrency = self.concurrency(name)
         pool = []
-        for base_url in urls:
+        for url in urls:
+            base_url, query, headers = self._endpoint(name, url)
             http = HttpClient(
                 self._pool(base_url, concurrency),
                 backend=name,
                 base_url=base_url,
-                headers=self._headers(name),
+                headers=headers,
+                query=query,
                 timeouts=Timeouts(connect=bs.connect_timeout, read=bs.timeout, idle=bs.stream_idle_timeout),
             )
             ctx = BackendContext(
@@ -220,10 +224,45 @@ class Client:
 
     def _headers(self, name: str) -> dict[str, str]:
         headers = dict(self.settings.backend_settings(name).headers)
+        for header, value in headers.items():
+            if is_sensitive_header(header):
+                register_secret(value)
         key = self.api_key(name)
         if key:
             headers["Authorization"] = f"Bearer {key.reveal()}"
         return headers
+
+    def _endpoint(self, name: str, url: str) -> tuple[str, str, dict[str, str]]:
+        """``(base URL without credentials or query, query, headers)`` for backend *name*.
+
+        ``user:password@`` in the URL becomes a Basic ``Authorization`` header
+        (a URL with credentials and another ``Authorization`` header or API key
+        is a configuration error); the query (``?key=...``) is kept and sent
+        with every request.  Both are registered as secrets.
+        """
+        headers = self._headers(name)
+        register_secret(*url_secrets(url))
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            key = f"backends.{name}.base_url"
+            if any(h.lower() == "authorization" for h in headers):
+                raise ConfigError(
+                    f"the {name} base URL carries credentials (user:password@) and an Authorization "
+                    "header or API key is set too; only one can be sent",
+                    source=self.config.sources.get(key),
+                    key=key,
+                    hint="drop the user:password@ part of the URL, or the api_key / api_key_env / "
+                    "Authorization header",
+                )
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
+            register_secret(headers["Authorization"])
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", "")), parts.query, headers
 
     def _pool(self, base_url: str, concurrency: int) -> Transport:
         parts = urlsplit(base_url)

@@ -17,8 +17,11 @@ import attrs
 from .client import Client
 from .dispatch import ungrouped
 from .errors import InputError
+from .outputs._common import dumps_json
 from .plugins import BackendRegistry
+from .redact import scrub, scrub_data
 from .serialize import to_json_dict
+from .terminal import terminal_safe
 
 __all__ = ["backends", "config_show", "describe", "health", "print_versions"]
 
@@ -43,11 +46,13 @@ def print_versions() -> None:
 
 
 def _warn_failures(registry: BackendRegistry) -> None:
-    for f in registry.failures:
-        print(
-            f"imageworks: warning: backend plugin {f.name!r} ({f.distribution or '?'}) failed to load: "
-            f"{f.error} — see `imageworks backends`",
-            file=sys.stderr,
+    for f in registry.failures:  # through logging: a JSON line with --json
+        log.warning(
+            "backend plugin %r (%s) failed to load: %s — see `imageworks backends`",
+            f.name,
+            f.distribution or "?",
+            f.error,
+            extra={"imageworks": {"event": "plugin_load_failed", "plugin": f.name, "error": f.error}},
         )
 
 
@@ -80,7 +85,7 @@ def backends(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(scrub_data(rows), indent=2))
         return 0
     for r in rows:
         if r["error"]:
@@ -114,24 +119,29 @@ def health(args: argparse.Namespace, client: Client) -> int:
 
     reports = anyio.run(check)
     if args.json:
-        print(json.dumps([to_json_dict(r) for r in reports], indent=2))
+        print(json.dumps(scrub_data([to_json_dict(r) for r in reports]), indent=2))
     else:
         for r in reports:
             state = "ready" if r.ready else ("reachable, not ready" if r.reachable else "DOWN")
-            print(f"{r.backend}: {state} at {r.url} ({r.latency * 1000:.0f} ms)")
+            _say(f"{r.backend}: {state} at {r.url} ({r.latency * 1000:.0f} ms)")
             if r.models:
-                print(f"  models: {', '.join(r.models)}")
+                _say(f"  models: {', '.join(r.models)}")
             if r.version:
-                print(f"  version: {r.version}")
+                _say(f"  version: {r.version}")
             if r.max_model_len:
-                print(f"  max_model_len: {r.max_model_len}")
+                _say(f"  max_model_len: {r.max_model_len}")
             if r.metrics:
-                print("  load: " + ", ".join(f"{k}={v:g}" for k, v in sorted(r.metrics.items())))
+                _say("  load: " + ", ".join(f"{k}={v:g}" for k, v in sorted(r.metrics.items())))
             if r.detail and not r.ready:
-                print(f"  {r.detail}")
+                _say(f"  {r.detail}")
             if r.hint and not r.ready:
-                print("  " + r.hint.replace("\n", "\n  "))
+                _say("  " + r.hint.replace("\n", "\n  "))
     return 0 if all(r.ready for r in reports) else 1
+
+
+def _say(text: str) -> None:
+    """Print a line that may hold server- or model-provided text: secrets scrubbed, controls escaped."""
+    print(terminal_safe(scrub(text)))
 
 
 def config_show(args: argparse.Namespace, client: Client) -> int:
@@ -141,18 +151,20 @@ def config_show(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print(
             json.dumps(
-                {
-                    "files": [str(f) for f in cfg.files],
-                    "settings": [{"key": k, "value": v, "source": s} for k, v, s in rows],
-                },
+                scrub_data(
+                    {
+                        "files": [str(f) for f in cfg.files],
+                        "settings": [{"key": k, "value": v, "source": s} for k, v, s in rows],
+                    }
+                ),
                 indent=2,
             )
         )
         return 0
-    print("files read: " + (", ".join(str(f) for f in cfg.files) or "none"))
+    _say("files read: " + (", ".join(str(f) for f in cfg.files) or "none"))
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:
-        print(f"{key:<{width}}  {value:<40}  [{source}]")
+        _say(f"{key:<{width}}  {value:<40}  [{source}]")
     return 0
 
 
@@ -219,10 +231,10 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
                 return summary
 
     summary = anyio.run(job)
-    if args.json_logs:
-        print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    if args.json_logs:  # valid UTF-8 JSON (no lone surrogates), secrets scrubbed
+        print(dumps_json(scrub_data(summary.as_dict()), indent=2))
     else:
-        print(summary.render(), file=sys.stderr if args.stream else sys.stdout)
+        print(summary.render(verbose=args.verbose), file=sys.stderr if args.stream else sys.stdout)
     if summary.down:  # the backend stayed down past --wait-for-backend: nothing more could be done
         return 3
     return 1 if summary.failed else 0

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .redact import is_sensitive_header, redact_headers, redact_url, register_secret, scrub, url_secrets
 from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 
 __all__ = ["Config", "load_config", "user_config_path"]
@@ -85,11 +86,19 @@ class Config:
                 value = getattr(bs, f.name)
                 if f.name == "api_key_env" and value:
                     value = f"{value} ({'set' if os.environ.get(value) else 'not set'})"
+                elif f.name == "base_url" and value:
+                    value = redact_url(value)
+                elif f.name == "headers" and value:
+                    value = redact_headers(value)
                 out.append((key, _show(value), self.sources.get(key, "default")))
         return out
 
 
 def _show(value: Any) -> str:
+    return scrub(_shown(value))
+
+
+def _shown(value: Any) -> str:
     if isinstance(value, Secret):
         return "***"
     if value is None:
@@ -458,7 +467,9 @@ def _resolve(
     for name, cls in classes.items():
         built.setdefault(name, cls())
     for name, bs in built.items():
+        register_secret(*(v for h, v in bs.headers.items() if is_sensitive_header(h)))
         if bs.base_url:
+            register_secret(*url_secrets(bs.base_url))
             try:
                 urls = split_base_urls(bs.base_url)
                 if not urls:

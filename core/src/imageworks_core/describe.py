@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-import anyio
 import attrs
 
 from .client import Client
@@ -25,17 +24,15 @@ from .events import Event
 from .models import Chunk, Request, Result
 from .outputs import (
     JsonlWriter,
-    NarrationRecord,
-    completed_images,
-    embed_xmp,
-    json_sidecar_path,
-    write_json_sidecar,
-    write_xmp_sidecar,
-    xmp_sidecar_path,
+    resolved_key,
+    resume_index,
 )
-from .outputs.xmp import CN_NAMESPACE
+from .redact import StreamScrubber
+from .sidecars import already_described, extra_keys, open_results, write_sidecars
+from .sidecars import restore as restore_sidecars
 from .summary import Summary
 from .templates import get_template, load_mono_metrics, metrics_for
+from .terminal import terminal_safe
 
 __all__ = ["DescribeOptions", "run_describe"]
 
@@ -77,60 +74,39 @@ class DescribeOptions:
     preflight: bool = True
 
 
-def _already_described(image: Path, opts: DescribeOptions) -> bool:
-    if opts.json_sidecar and json_sidecar_path(image).exists():
-        return True
-    if opts.xmp == "sidecar":
-        try:
-            with xmp_sidecar_path(image).open("rb") as fh:
-                return CN_NAMESPACE.encode() in fh.read(1 << 20)
-        except OSError:
-            return False
-    return False
+SKIP_RESUMED = "already described in the results file (--resume)"
+SKIP_SIDECAR = "already described (their sidecar exists); --overwrite to redo"
 
 
 def _work(
-    opts: DescribeOptions, summary: Summary, done: set[str], prompt_for: Callable[[Path], str]
+    opts: DescribeOptions,
+    summary: Summary,
+    done: Mapping[str, dict],
+    prompt_for: Callable[[Path], str],
+    restore: list[tuple[Path, dict]],
 ) -> Iterator[Any]:
-    """Lazily yield map items: a ``Request`` per image to do, ``InputError`` per bad input."""
+    """Lazily yield map items: a ``Request`` per image to do, ``InputError`` per bad input.
+
+    With ``--resume`` an image is matched by its resolved path; one whose answer
+    is in the results file but whose sidecar could not be written goes to
+    *restore* (its sidecar is written from the results file, the model is not asked).
+    """
     for entry in iter_image_paths(opts.paths):
         if isinstance(entry, InputError):
             yield entry
             continue
         key = os.fsdecode(entry)
-        if key in done:
-            summary.skip(key, "already in the results file (--resume)")
+        record = done.get(resolved_key(entry)) if done else None
+        if record is not None:
+            if record.get("output_error") and isinstance(record.get("description"), str):
+                restore.append((entry, record))
+            else:
+                summary.skip(key, SKIP_RESUMED)
             continue
-        if not opts.overwrite and not opts.resume and _already_described(entry, opts):
-            summary.skip(key, "already has a description sidecar (use --overwrite)")
+        if not opts.overwrite and not opts.resume and already_described(entry, opts):
+            summary.skip(key, SKIP_SIDECAR)
             continue
         yield Request(prompt=prompt_for(entry), images=(entry,), id=key)
-
-
-def _record(result: Result, opts: DescribeOptions, metrics: Mapping[str, Any] | None) -> NarrationRecord:
-    level = None
-    image_metrics = metrics_for(metrics, Path(result.id or "")) if metrics else None
-    if image_metrics:
-        for key in ("mono_contamination_level", "contamination_level", "contamination", "level"):
-            value = image_metrics.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                level = float(value)
-                break
-    return NarrationRecord(
-        description=result.text.strip(),
-        vlm_model=result.model,
-        vlm_processing_time=result.latency,
-        mono_contamination_level=level,
-    )
-
-
-def _write_outputs(image: Path, record: NarrationRecord, opts: DescribeOptions) -> None:
-    if opts.xmp == "sidecar":
-        write_xmp_sidecar(image, record)
-    elif opts.xmp == "embed":
-        embed_xmp(image, record, keep_backup=opts.keep_backup)
-    if opts.json_sidecar:
-        write_json_sidecar(image, record)
 
 
 async def _finish(
@@ -152,16 +128,7 @@ async def _finish(
             backend=result.backend,
             hint="check the model and the prompt; raise --max-tokens if the answer was cut at the start",
         )
-    if error is None:
-        record = _record(result, opts, metrics)
-        try:
-            await anyio.to_thread.run_sync(_write_outputs, image, record, opts)
-        except ImageWorksError as exc:
-            error = exc
-        except OSError as exc:
-            error = InputError(
-                f"{result.id}: cannot write the sidecar: {exc.strerror or exc}", source=result.id
-            )
+    output_error = None if error is not None else await write_sidecars(image, result, opts, metrics)
     sent = bool(result.attempts)  # an input error never reached a backend
     ctx_url = redact_url(result.base_url) if sent and result.base_url else None
     writer.write(
@@ -174,12 +141,18 @@ async def _finish(
             "base_url": ctx_url,
             "description": result.text.strip() if error is None else None,
             "processing_time": round(result.latency, 4),
+            "queue_time": round(result.queue_time, 4),
             "usage": attrs.asdict(result.usage) if error is None else None,
             "attempts": [attrs.asdict(a) for a in result.attempts],
             "error": None if error is None else _one_line(error),
+            **extra_keys(result.id, output_error),
         }
     )
-    summary.add(result if error is None else attrs.evolve(result, error=error))
+    summary.add(
+        result
+        if error is None and output_error is None
+        else attrs.evolve(result, error=error or output_error)
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -205,9 +178,10 @@ async def run_describe(
             return opts.prompt
         return template.render(metrics_for(metrics, image) if metrics else None)
 
-    done = completed_images(opts.output) if opts.resume else set()
+    done = resume_index(opts.output) if opts.resume else {}
     summary = Summary(started=time.monotonic())
-    items = _work(opts, summary, done, prompt_for)
+    missing_sidecars: list[tuple[Path, dict]] = []
+    items = _work(opts, summary, done, prompt_for, missing_sidecars)
     if opts.dry_run:
         order = " -> ".join(client.backend_order())
         print(f"dry run: backends {order}; results would go to {opts.output}", file=out)
@@ -215,12 +189,19 @@ async def run_describe(
             if isinstance(item, InputError):
                 summary.add(Result(id=item.source, error=item))
             else:
-                print(f"would describe {item.id}", file=out)
+                print(f"would describe {terminal_safe(item.id or '', one_line=True)}", file=out)
                 summary.planned += 1
         return summary
-    if opts.preflight:
-        await client.dispatcher.preflight()
-    with JsonlWriter(opts.output) as writer:
+    writer, created = open_results(opts.output)
+    with writer:
+        if opts.preflight:
+            try:
+                await client.dispatcher.preflight()
+            except BaseException:  # nothing was sent: leave no empty results file behind
+                writer.close()
+                if created:
+                    opts.output.unlink(missing_ok=True)
+                raise
         finish = dict(
             client=client,
             opts=opts,
@@ -236,6 +217,7 @@ async def run_describe(
             async with client.map(items, concurrency=opts.concurrency, on_event=on_event) as results:
                 async for result in results:
                     await _finish(result, **finish)  # type: ignore[arg-type]
+        await restore_sidecars(missing_sidecars, opts, writer, summary, metrics)
     summary.finished = time.monotonic()
     return summary
 
@@ -253,20 +235,25 @@ async def _run_streaming(
     stream waits out an outage and falls back exactly as a batch does.
     """
     current: list[str | None] = [None]
+    shown = StreamScrubber()  # a key the model repeats may be split across chunks
 
     def on_chunk(item_id: str, chunk: Chunk | None) -> None:
+        nonlocal shown
         if current[0] != item_id:
             current[0] = item_id
-            print(f"\n== {item_id}", file=out)
+            shown = StreamScrubber()
+            print(f"\n== {terminal_safe(item_id, one_line=True)}", file=out)
         if chunk is None:  # the try failed after some text: the next one starts over
-            print("\n[the answer was cut; trying again]", file=out, flush=True)
+            print(terminal_safe(shown.flush()), file=out)
+            print("[the answer was cut; trying again]", file=out, flush=True)
+            shown = StreamScrubber()
         elif chunk.text:
-            print(chunk.text, end="", file=out, flush=True)
+            print(terminal_safe(shown.feed(chunk.text)), end="", file=out, flush=True)
 
     async with client.map(
         items, concurrency=1, ordered=True, on_event=on_event, on_chunk=on_chunk
     ) as results:
         async for result in results:
             if current[0] == result.id:
-                print(file=out)
+                print(terminal_safe(shown.flush()), file=out)
             await _finish(result, **finish)

@@ -9,6 +9,7 @@ values, so one bad argument does not stop the others.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
@@ -97,6 +98,21 @@ def _explicit_file(spec: str) -> Path | InputError:
 
 
 def _broken_link(path: str) -> InputError:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return InputError(
+                f"{printable_path(path)}: symbolic link loop (the link leads back to itself)",
+                source=path,
+                hint="fix or remove the link",
+            )
+        if exc.errno == errno.ENAMETOOLONG:
+            return InputError(
+                f"{printable_path(path)}: path too long ({exc.strerror})",
+                source=path,
+                hint="move the image to a shorter path",
+            )
     return InputError(
         f"{printable_path(path)}: broken symbolic link (target {printable_path(os.path.realpath(path))})",
         source=path,
@@ -109,16 +125,32 @@ def _is_image_name(name: str) -> bool:
 
 
 def _walk(top: str, recursive: bool) -> Iterator[Path | InputError]:
-    """Depth-first walk of *top*, entries in name order, yielding before descending further."""
+    """Depth-first walk of *top*, entries in name order, yielding before descending further.
+
+    Iterative (a stack of listings, not recursion): a tree thousands of folders
+    deep is walked like any other, and a folder that cannot be listed (too long
+    a path, no permission) is one error, the rest of the walk goes on.
+    """
     listing = _list_dir(top)
     if isinstance(listing, InputError):
         yield listing
         return
-    for name, is_dir in listing:
-        path = os.path.join(top, name)
+    stack: list[tuple[str, Iterator[tuple[str, bool]]]] = [(top, iter(listing))]
+    while stack:
+        folder, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        name, is_dir = entry
+        path = os.path.join(folder, name)
         if is_dir:
             if recursive:
-                yield from _walk(path, recursive)
+                sub = _list_dir(path)
+                if isinstance(sub, InputError):
+                    yield sub
+                else:
+                    stack.append((path, iter(sub)))
         elif os.path.exists(path):
             yield Path(path)
         else:
@@ -171,10 +203,16 @@ def _glob(base: str, parts: list[str], recursive: bool) -> Iterator[str]:
             yield base
         return
     head, rest = parts[0], parts[1:]
-    if head == "**" and recursive:
-        yield from _glob(base, rest, recursive)
-        for name in _matching(base, "*", dirs_only=True, follow=False):  # no symlink loops
-            yield from _glob(os.path.join(base, name), parts, recursive)
+    if head == "**" and recursive:  # every folder under base, depth first, without recursion
+        stack = [iter([base])]
+        while stack:
+            folder = next(stack[-1], None)
+            if folder is None:
+                stack.pop()
+                continue
+            yield from _glob(folder, rest, recursive)
+            subs = _matching(folder, "*", dirs_only=True, follow=False)  # no symlink loops
+            stack.append(iter([os.path.join(folder, name) for name in subs]))
     elif glob.has_magic(head):
         for name in _matching(base, head, dirs_only=bool(rest), follow=True):
             yield from _glob(os.path.join(base, name), rest, recursive)

@@ -21,12 +21,14 @@ item's and counts against its ``max_attempts`` (when ``retryable``) or ends it.
 
 Every message says what happened, where, and what to do next.  ``hint`` holds
 the "what to do next" part separately so a CLI can print it on its own line.
-No secret ever reaches a message: callers pass URLs through ``redact_url``.
+No secret ever reaches a message: callers pass URLs through ``redact_url``, and
+every message and hint is scrubbed of the secrets the process has sent
+(``redact.scrub``), so a server echoing the API key back cannot leak it.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from .redact import redact_url, scrub
 
 __all__ = [
     "BackendError",
@@ -46,21 +48,6 @@ __all__ = [
 ]
 
 
-def redact_url(url: str) -> str:
-    """Drop user-info (``user:password@``) and query strings from *url* (each URL of a pool list)."""
-    if "," in url and url.count("://") > 1:
-        return ",".join(redact_url(part.strip()) for part in url.split(","))
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    query = "<redacted>" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 class ImageWorksError(Exception):
     """Base class of every error this project raises on purpose.
 
@@ -77,6 +64,7 @@ class ImageWorksError(Exception):
     outage: bool = False
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message, hint = scrub(message), (None if hint is None else scrub(hint))
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n  hint: {hint}")

@@ -192,6 +192,7 @@ class HttpClient:
         base_url: Absolute base the paths are joined to.
         timeouts: Default timeouts.
         hint: Launch hint attached to "cannot connect" errors.
+        query: The base URL's query string, added to every request URL (never shown).
     """
 
     def __init__(
@@ -203,8 +204,10 @@ class HttpClient:
         headers: Mapping[str, str],
         timeouts: Timeouts,
         hint: str | None = None,
+        query: str = "",
     ) -> None:
         self.transport = transport
+        self.query = query
         self.backend = backend
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
@@ -216,6 +219,12 @@ class HttpClient:
         if path.startswith(("http://", "https://")):
             return path
         return f"{self.base_url}/{path.lstrip('/')}"
+
+    def _sent(self, url: str) -> str:
+        """*url* with the base URL's query (``?key=...``) added: it travels with every request."""
+        if not self.query or self.query in url:
+            return url
+        return f"{url}{'&' if '?' in url else '?'}{self.query}"
 
     def _enrich(self, exc: BackendError, url: str) -> BackendError:
         if isinstance(exc, BackendUnavailable) and exc.backend is None:
@@ -258,7 +267,7 @@ class HttpClient:
             hdrs = {**hdrs, **headers}
         try:
             resp = await self.transport.request(
-                method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
+                method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             )
         except BackendError as exc:
             raise self._enrich(exc, url) from exc.__cause__
@@ -306,7 +315,7 @@ class HttpClient:
         hdrs = {**self._json_headers, "Accept": "text/event-stream"} if body is not None else self._headers
         try:
             async with self.transport.stream(
-                method, url, headers=hdrs, body=body, timeouts=self._timeouts(timeout)
+                method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             ) as resp:
                 if resp.status >= 400 and raise_for_status:
                     data = await resp.read()

@@ -11,6 +11,7 @@ one :class:`~imageworks_core.errors.InputError` that names the file and the caus
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import math
@@ -189,6 +190,12 @@ def _open_error(path: str, exc: OSError) -> InputError:
         target = printable_path(os.path.realpath(path))
         return InputError(
             f"{shown}: broken symbolic link (its target {target} does not exist)",
+            source=path,
+            hint="fix or remove the link",
+        )
+    if exc.errno == errno.ELOOP:
+        return InputError(
+            f"{shown}: symbolic link loop (the link leads back to itself)",
             source=path,
             hint="fix or remove the link",
         )

@@ -8,11 +8,14 @@ those keys live in the backend's own section and never leak into another.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
+
+from .redact import register_secret
 
 __all__ = [
     "BackendSettings",
@@ -35,6 +38,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)  # scrubbed from every message, log line and output from now on
 
     def reveal(self) -> str:
         return self._value
@@ -90,12 +94,20 @@ def _to_secret(value: str | Secret | None) -> Secret | None:
 
 def normalise_base_url(url: str) -> str:
     """Add a missing ``http://``, drop a trailing slash; keep the path as given."""
+    given = re.sub(r"//[^/?#@]*@", "//", url.strip())  # shown in errors without user:password@
     url = url.strip()
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
+        raise ValueError(f"not an http(s) URL: {given!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        shown = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"not an http(s) URL: {given!r} (port {shown!r} is not a number from 1 to 65535)")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
 
 

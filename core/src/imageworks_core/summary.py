@@ -11,6 +11,8 @@ import attrs
 
 from .errors import BackendDown, ImageWorksError
 from .models import Result
+from .redact import scrub
+from .terminal import terminal_safe
 
 __all__ = ["Summary"]
 
@@ -113,14 +115,21 @@ class Summary:
             "outages": [{"backend": b, "url": u, "seconds": round(sec, 3)} for b, u, sec in self.outages],
             "outage_s": round(sum(sec for _, _, sec in self.outages), 3),
             "backend_down": len(self.down),
+            "skip_reasons": dict(Counter(why for _, why in self.skipped)),
             "failures": [{"image": i, "error": e} for i, e in self.failed],
         }
 
-    def render(self) -> str:
+    def render(self, *, verbose: int = 0) -> str:
+        """The summary as text for a terminal (``verbose``: list the skipped images too)."""
+        return terminal_safe(scrub(self._render(verbose)))
+
+    def _render(self, verbose: int) -> str:
         d = self.as_dict()
+        reasons = d["skip_reasons"]
         lines = [
             f"images: {d['ok']} ok, {d['failed']} failed, {d['skipped']} skipped"
             + (f", {d['planned']} planned (dry run)" if d["planned"] else ""),
+            *(f"  {count} {why}" for why, count in reasons.items()),
             f"time: {d['elapsed_s']:.1f}s, {d['images_per_s']:.2f} images/s, "
             f"{d['completion_tokens_per_s']:.1f} tokens/s",
         ]
@@ -129,6 +138,11 @@ class Summary:
         for name, b in d["backends"].items():
             p50 = "-" if b["latency_p50_s"] is None else f"{b['latency_p50_s']:.2f}s"
             lines.append(f"  {name}: {b['ok']} ok, {b['failed']} failed, p50 {p50}")
+        if verbose and self.skipped:
+            lines.append("skipped images:")
+            lines += [f"  {image}: {why}" for image, why in self.skipped]
+        elif self.skipped:
+            lines.append("  (-v lists the skipped images)")
         if self.outages:
             per: dict[tuple[str, str], list[float]] = {}
             for b, u, sec in self.outages:

@@ -17,12 +17,22 @@ from imageworks_core.outputs._common import OutputError
 from imageworks_core.outputs.atomic import atomic_write_bytes
 from imageworks_core.outputs.embed import embed_xmp, find_exiftool
 from imageworks_core.outputs.json_sidecar import json_sidecar_path, write_json_sidecar
-from imageworks_core.outputs.jsonl import RESULT_KEYS, JsonlWriter, completed_images, iter_results
+from imageworks_core.outputs.jsonl import (
+    OPTIONAL_KEYS,
+    RESULT_KEYS,
+    JsonlWriter,
+    completed_images,
+    iter_results,
+    path_keys,
+    resolved_key,
+    resume_index,
+)
 from imageworks_core.outputs.record import NarrationRecord
 from imageworks_core.outputs.xmp import CN_NAMESPACE, render_xmp, write_xmp_sidecar, xmp_sidecar_path
 
 __all__ = [
     "CN_NAMESPACE",
+    "OPTIONAL_KEYS",
     "RESULT_KEYS",
     "JsonlWriter",
     "NarrationRecord",
@@ -33,7 +43,10 @@ __all__ = [
     "find_exiftool",
     "iter_results",
     "json_sidecar_path",
+    "path_keys",
     "render_xmp",
+    "resolved_key",
+    "resume_index",
     "write_json_sidecar",
     "write_xmp_sidecar",
     "xmp_sidecar_path",

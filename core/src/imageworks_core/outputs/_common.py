@@ -5,11 +5,12 @@ Two encodings of "difficult" text are decided here, once:
 * XML (XMP): XML 1.0 cannot carry most C0 control characters, U+FFFE/U+FFFF or
   lone surrogates at all.  :func:`xml_safe_text` replaces lone surrogates with
   U+FFFD and drops the forbidden characters; TAB, LF and CR are kept.
-* JSON: :func:`dumps_json` writes UTF-8 (``ensure_ascii=False``) and escapes
-  only lone surrogates as ``\\udcXX``.  This is what non-UTF-8 file names become
-  after :func:`os.fsdecode` (PEP 383 surrogateescape), so ``json.loads`` +
-  :func:`os.fsencode` gives back the original bytes, while the file itself stays
-  valid UTF-8.
+* JSON: :func:`dumps_json` writes UTF-8 (``ensure_ascii=False``); surrogate
+  pairs split in two code points are joined and lone surrogates (broken model
+  text, or what non-UTF-8 file names become after :func:`os.fsdecode`, PEP 383)
+  become U+FFFD, so strict parsers (``jq``, Go, Rust) accept every file.  The
+  results JSONL keeps an undecodable file name recoverable in an extra
+  ``path_bytes_b64`` field (see ``jsonl.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ __all__ = [
     "OutputError",
     "dumps_json",
     "finite_or_none",
+    "has_surrogates",
     "iso_utc",
     "path_text",
     "to_utc",
+    "unicode_safe",
     "xml_safe_text",
 ]
 
@@ -52,21 +55,27 @@ def xml_safe_text(text: str) -> str:
     return _XML_FORBIDDEN.sub("", text)
 
 
-def _escape_surrogate(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+def unicode_safe(text: str) -> str:
+    """*text* with surrogate pairs joined and lone surrogates replaced by U+FFFD."""
+    if _SURROGATE.search(text):
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether *text* holds surrogate code points (e.g. a non-UTF-8 file name after ``os.fsdecode``)."""
+    return bool(_SURROGATE.search(text))
 
 
 def dumps_json(obj: object, *, indent: int | None = None) -> str:
     """Serialise *obj* as JSON text that always encodes to valid UTF-8.
 
     Non-ASCII characters are written as themselves; lone surrogates (which
-    cannot be encoded) are written as ``\\uXXXX`` escapes, which ``json.loads``
-    turns back into the same code points.  Non-finite floats are refused.
+    strict JSON parsers reject) become U+FFFD.  Non-finite floats are refused.
     """
     text = json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=indent, default=_json_default)
-    # A raw surrogate can only sit inside a JSON string literal here, so the
-    # 6-character escape is always a valid replacement.
-    return _SURROGATE.sub(_escape_surrogate, text)
+    # A raw surrogate can only sit inside a JSON string literal here.
+    return unicode_safe(text)
 
 
 def _json_default(obj: object) -> object:

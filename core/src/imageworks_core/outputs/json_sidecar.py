@@ -10,8 +10,8 @@ Same content as the XMP sidecar, with ImageWorks' snake_case keys::
 Every key is always present; unset values (and non-finite numbers) are
 ``null``.  ``source_file`` is the image path as given, through
 :func:`os.fsdecode`.  The file is UTF-8 with non-ASCII text as is; lone
-surrogates (undecodable bytes of a non-UTF-8 file name) are written as
-``\\udcXX`` escapes, see ``outputs._common.dumps_json``.
+surrogates (undecodable bytes of a non-UTF-8 file name, broken model text)
+become U+FFFD, see ``outputs._common.dumps_json``.
 """
 
 from __future__ import annotations

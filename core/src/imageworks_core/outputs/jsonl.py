@@ -2,19 +2,25 @@
 
 Record keys (written by the runner; :class:`JsonlWriter` accepts any mapping)::
 
-    image            path string (see "file names" below)
+    image            path string as given (see "file names" below)
+    resolved_path    absolute path with symlinks resolved: what --resume matches on (or null)
+    image_bytes_b64, resolved_path_bytes_b64
+                     only for a name that is not valid UTF-8: base64 of the path's exact bytes
     prompt, template, backend, model, base_url, description   strings (or null)
-    processing_time  seconds (float)
+    processing_time  seconds the answering try took (the server's time)
+    queue_time       seconds spent waiting for a free slot or for a backend to come back
     usage            object or null
     attempts         list of objects
     error            string, or null on success
+    output_error     string when the answer came but a sidecar could not be written
+                     (the description is still here; --resume writes the sidecar from it)
     timestamp        ISO 8601 UTC; filled in by the writer when missing
 
 File names: ``image`` is ``os.fsdecode(path)``.  A name that is not valid
-UTF-8 decodes (PEP 383) to lone surrogates U+DC80..U+DCFF, which are written as
-``\\udcXX`` JSON escapes while the rest of the line stays plain UTF-8.  Python's
-``json.loads`` gives back the same string, so ``os.fsencode(record["image"])``
-is the original bytes and ``completed_images`` matches ``os.fsdecode(path)``.
+UTF-8 decodes (PEP 383) to lone surrogates, which strict JSON parsers reject:
+they are written as U+FFFD and the exact bytes are kept beside them in
+``image_bytes_b64`` / ``resolved_path_bytes_b64`` (added by the writer).  Every
+line is valid UTF-8 JSON without lone surrogates.
 
 The file is append-only, not replaced atomically: a killed run leaves at most
 one truncated last line, which the readers skip and which the next
@@ -23,6 +29,8 @@ one truncated last line, which the readers skip and which the next
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import threading
@@ -31,12 +39,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from imageworks_core.outputs._common import dumps_json, iso_utc, path_text
+from imageworks_core.outputs._common import dumps_json, has_surrogates, iso_utc, path_text
+from imageworks_core.redact import scrub_data
 
-__all__ = ["RESULT_KEYS", "JsonlWriter", "completed_images", "iter_results"]
+__all__ = [
+    "OPTIONAL_KEYS",
+    "RESULT_KEYS",
+    "JsonlWriter",
+    "completed_images",
+    "iter_results",
+    "path_keys",
+    "record_path",
+    "resolved_key",
+    "resume_index",
+]
 
 RESULT_KEYS = (
     "image",
+    "resolved_path",
     "prompt",
     "template",
     "backend",
@@ -44,11 +64,15 @@ RESULT_KEYS = (
     "base_url",
     "description",
     "processing_time",
+    "queue_time",
     "usage",
     "attempts",
     "error",
     "timestamp",
 )
+#: Keys written only when they apply (see the module docstring).
+OPTIONAL_KEYS = ("image_bytes_b64", "resolved_path_bytes_b64", "output_error")
+_PATH_FIELDS = ("image", "resolved_path")
 
 
 def _ends_without_newline(path: Path) -> bool:
@@ -118,8 +142,12 @@ class JsonlWriter:
         image = data.get("image")
         if isinstance(image, bytes | os.PathLike):
             data["image"] = path_text(image)
+        for field in _PATH_FIELDS:  # a non-UTF-8 name: U+FFFD in the text, exact bytes beside it
+            value = data.get(field)
+            if isinstance(value, str) and has_surrogates(value):
+                data[f"{field}_bytes_b64"] = base64.b64encode(os.fsencode(value)).decode("ascii")
         data.setdefault("timestamp", iso_utc())
-        line = (dumps_json(data) + "\n").encode("utf-8")
+        line = (dumps_json(scrub_data(data)) + "\n").encode("utf-8")
         with self._lock:
             fh = self._open_locked()
             fh.write(line)
@@ -182,7 +210,54 @@ def completed_images(path: Path) -> set[str]:
     wrote it (the writer does not make paths absolute).
     """
     return {
-        record["image"]
+        image
         for record in iter_results(path)
-        if isinstance(record.get("image"), str) and "error" in record and record["error"] is None
+        if "error" in record and record["error"] is None and (image := record_path(record)) is not None
     }
+
+
+def resolved_key(path: str | os.PathLike[str]) -> str:
+    """The key ``--resume`` matches on: the absolute path with symlinks resolved (``os.fsdecode``d)."""
+    return os.fsdecode(os.path.realpath(os.fspath(path)))
+
+
+def path_keys(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``resolved_path`` key of a record about *path*."""
+    return {"resolved_path": resolved_key(path)}
+
+
+def record_path(record: Mapping[str, object], field: str = "image") -> str | None:
+    """A record's path *field* exactly as written (``<field>_bytes_b64`` for a non-UTF-8 name)."""
+    raw = record.get(f"{field}_bytes_b64")
+    if isinstance(raw, str):
+        try:
+            return os.fsdecode(base64.b64decode(raw, validate=True))
+        except (binascii.Error, ValueError):
+            pass
+    value = record.get(field)
+    return value if isinstance(value, str) else None
+
+
+def _record_key(record: Mapping[str, object]) -> str | None:
+    resolved = record_path(record, "resolved_path")
+    if resolved is not None:
+        return resolved
+    image = record_path(record)  # a record from before resolved_path: as seen from here
+    return resolved_key(image) if image is not None else None
+
+
+def resume_index(path: Path) -> dict[str, dict]:
+    """Resolved path -> its latest successful record (``"error": null``), for ``--resume``.
+
+    Any spelling of the same file (``.``, ``imgs``, an absolute path, a symlink)
+    finds it.  A record with ``output_error`` set has its description but is
+    missing a sidecar: the caller writes the sidecar from it.
+    """
+    index: dict[str, dict] = {}
+    for record in iter_results(path):
+        if "error" not in record or record["error"] is not None:
+            continue
+        key = _record_key(record)
+        if key is not None:
+            index[key] = record
+    return index
