@@ -29,7 +29,7 @@ __all__ = ["Comparison", "render_html", "summary_json", "thumbnails", "write_rep
 
 THUMB_PIXELS = 160 * 160
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-_WORD = re.compile(r"\S+|\s+")
+_WORD = re.compile(r"\S+\s*")
 _DASH = "\u2013"
 _DOT = " \u00b7 "
 
@@ -151,15 +151,22 @@ def _charts(stats: Sequence[CandidateStats]) -> str:
 
 
 def _marked(text: str, reference: str | None) -> str:
-    """*text* escaped, its words that are not in *reference* marked."""
+    """*text* escaped, its runs of words that are not in *reference* marked."""
     if reference is None or reference == text:
         return escape(text)
+    lead = text[: len(text) - len(text.lstrip())]
     mine, theirs = _WORD.findall(text), _WORD.findall(reference)
-    out: list[str] = []
-    matcher = difflib.SequenceMatcher(None, theirs, mine, autojunk=False)
+    matcher = difflib.SequenceMatcher(
+        None, [w.rstrip() for w in theirs], [w.rstrip() for w in mine], autojunk=False
+    )
+    out = [escape(lead)]
     for op, _i1, _i2, j1, j2 in matcher.get_opcodes():
-        piece = escape("".join(mine[j1:j2]))
-        out.append(piece if op == "equal" or not piece.strip() else f"<mark>{piece}</mark>")
+        run = "".join(mine[j1:j2])
+        if op == "equal" or not run:
+            out.append(escape(run))
+            continue
+        body = run.rstrip()
+        out.append(f"<mark>{escape(body)}</mark>{escape(run[len(body) :])}")
     return "".join(out)
 
 
