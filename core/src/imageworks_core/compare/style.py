@@ -28,10 +28,10 @@ table.summary td.num, table.summary th.num { text-align: right; font-variant-num
 table.summary .ci { color: var(--muted); font-size: 0.82em; display: block; }
 tr.failed-candidate td { background: #fdecea; }
 .error { color: var(--bad); }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 16px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); gap: 16px; }
 figure { margin: 0; }
 figcaption { color: var(--muted); font-size: 0.85em; }
-svg.chart { width: 100%; height: auto; font-size: 12px; }
+svg.chart { width: 100%; height: auto; font-size: 13px; }
 svg .chart-title { font-weight: 600; font-size: 14px; fill: #202124; }
 svg .grid { stroke: #e8eaed; }
 svg .tick, svg .value { fill: var(--muted); }
