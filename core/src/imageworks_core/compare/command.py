@@ -159,7 +159,7 @@ def compare(args: argparse.Namespace) -> int:
     import anyio
 
     from ..errors import InputError
-    from .records import load_results
+    from .records import load_results, split_label
     from .report import Comparison, write_report
 
     out: Path = args.out
@@ -185,7 +185,11 @@ def compare(args: argparse.Namespace) -> int:
         grouped = load_results([str(results)])
     comparison = Comparison(grouped)
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    html_path, json_path = write_report(comparison, out, generated=generated, title=args.title)
+    sources = [split_label(f)[1] for f in args.from_files] if args.from_files else [results]
+    thumb_dirs = [p.parent / "thumbs" for p in sources]
+    html_path, json_path = write_report(
+        comparison, out, generated=generated, title=args.title, thumb_dirs=thumb_dirs
+    )
     if args.json_out:
         from .report import summary_json
 

@@ -28,7 +28,7 @@ from ..errors import ImageWorksError, InputError
 from ..models import Result
 from ..outputs import iter_results
 
-__all__ = ["error_record", "load_results", "one_line", "result_record"]
+__all__ = ["error_record", "load_results", "one_line", "result_record", "split_label"]
 
 
 def one_line(exc: BaseException) -> str:
@@ -109,7 +109,8 @@ def _empty_answer(result: Result) -> ImageWorksError:
     )
 
 
-def _split_label(spec: str) -> tuple[str | None, Path]:
+def split_label(spec: str) -> tuple[str | None, Path]:
+    """``(label, path)`` of a ``--from`` argument: ``LABEL=FILE`` or ``FILE`` (label ``None``)."""
     label, sep, path = spec.partition("=")
     if sep and label and not os.path.exists(spec):
         return label, Path(path)
@@ -124,7 +125,7 @@ def load_results(specs: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """
     grouped: dict[str, list[dict[str, Any]]] = {}
     for spec in specs:
-        label, path = _split_label(spec)
+        label, path = split_label(spec)
         if not path.is_file():
             raise InputError(
                 f"{path}: no such results file", source=str(path), hint="--from takes results JSONL files"

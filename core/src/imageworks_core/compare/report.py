@@ -11,23 +11,19 @@ the same records give the same page, byte for byte, apart from the
 from __future__ import annotations
 
 import difflib
-import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..images import prepare_image
 from ..outputs import atomic_write_bytes, dumps_json
 from .stats import CandidateStats, Quantile, candidate_stats, error_kind
 from .style import CSS
 from .svg import bar_chart, distribution_chart
+from .thumbs import load_thumbnails
 
-__all__ = ["Comparison", "render_html", "summary_json", "thumbnails", "write_report"]
-
-THUMB_PIXELS = 160 * 160
+__all__ = ["Comparison", "render_html", "summary_json", "write_report"]
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 _WORD = re.compile(r"\S+\s*")
 _DASH = "\u2013"
@@ -62,18 +58,6 @@ class Comparison:
         return list(
             dict.fromkeys(str(r["prompt"]) for rs in self.records.values() for r in rs if r.get("prompt"))
         )
-
-
-def thumbnails(images: Iterable[str], base: Path | None = None) -> dict[str, str | None]:
-    """A small JPEG ``data:`` URL per image path (``None`` where the file cannot be read now)."""
-    out: dict[str, str | None] = {}
-    for key in images:
-        path = Path(key) if base is None or os.path.isabs(key) else base / key
-        try:
-            out[key] = prepare_image(path, max_pixels=THUMB_PIXELS, quality=70).data_url()
-        except (InputError, OSError, ValueError):
-            out[key] = None
-    return out
 
 
 # ------------------------------------------------------------------ numbers as text
@@ -252,13 +236,15 @@ def summary_json(comparison: Comparison, *, generated: str) -> dict[str, Any]:
 
 
 def write_report(
-    comparison: Comparison, out_dir: Path, *, generated: str, title: str, base: Path | None = None
+    comparison: Comparison, out_dir: Path, *, generated: str, title: str, thumb_dirs: Sequence[Path] = ()
 ) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``summary.json`` into *out_dir* (each replaced atomically)."""
+    """Write ``report.html`` and ``summary.json`` into *out_dir* (each replaced atomically).
+
+    Thumbnails come from *thumb_dirs* (a live run's ``thumbs/``), else from the image files.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = render_html(
-        comparison, thumbs=thumbnails(comparison.images, base), generated=generated, title=title
-    )
+    thumbs = load_thumbnails(comparison.images, thumb_dirs)
+    page = render_html(comparison, thumbs=thumbs, generated=generated, title=title)
     html_path, json_path = out_dir / "report.html", out_dir / "summary.json"
     atomic_write_bytes(html_path, page.encode("utf-8"))
     atomic_write_bytes(

@@ -32,6 +32,7 @@ from ..outputs import JsonlWriter
 from ..templates import get_template
 from .candidates import Candidate
 from .records import error_record, result_record
+from .thumbs import write_thumbnail
 
 __all__ = ["CompareOptions", "Prepared", "prepare_all", "run_compare"]
 
@@ -78,8 +79,11 @@ class Prepared:
     error: InputError | None = None
 
 
-async def prepare_all(paths: Sequence[str], max_pixels: int) -> list[Prepared]:
-    """Every image under *paths*, prepared once (in worker threads), in discovery order."""
+async def prepare_all(paths: Sequence[str], max_pixels: int, thumbs: Path | None = None) -> list[Prepared]:
+    """Every image under *paths*, prepared once (in worker threads), in discovery order.
+
+    With *thumbs*, each image's report thumbnail is written there from its prepared form.
+    """
     found = await anyio.to_thread.run_sync(lambda: list(iter_image_paths(paths)))
     out: list[Prepared | None] = [None] * len(found)
     limiter = anyio.CapacityLimiter(max(1, min(4, os.cpu_count() or 1)))
@@ -90,9 +94,16 @@ async def prepare_all(paths: Sequence[str], max_pixels: int) -> list[Prepared]:
             return
         key = os.fsdecode(entry)
         try:
-            out[i] = Prepared(key, image=await aprepare_image(entry, max_pixels=max_pixels, limiter=limiter))
+            image = await aprepare_image(entry, max_pixels=max_pixels, limiter=limiter)
         except InputError as exc:
             out[i] = Prepared(key, error=exc)
+            return
+        out[i] = Prepared(key, image=image)
+        if thumbs is not None:
+            try:
+                await anyio.to_thread.run_sync(write_thumbnail, thumbs, key, image, limiter=limiter)
+            except (InputError, OSError) as exc:  # the report shows "no thumbnail"; the run goes on
+                log.warning("%s: no thumbnail for the report: %s", key, exc)
 
     async with anyio.create_task_group() as tg:
         for i, entry in enumerate(found):
@@ -120,10 +131,10 @@ async def run_compare(
     template = get_template(opts.template)
     prompt = opts.prompt or template.render()
     template_name = "custom" if opts.prompt else template.name
-    prepared = await prepare_all(opts.paths, max_pixels)
+    clients = [(c, make_client(c)) for c in opts.candidates]  # config errors before anything is done
+    prepared = await prepare_all(opts.paths, max_pixels, opts.results.parent / "thumbs")
     if not prepared:
         raise InputError("no images found", hint="imageworks compare PATH... (files, folders or globs)")
-    clients = [(c, make_client(c)) for c in opts.candidates]  # config errors before anything is sent
     opts.results.unlink(missing_ok=True)
     with JsonlWriter(opts.results) as writer:
         job = _Job(opts, prepared, writer, prompt, template_name, on_candidate)
