@@ -79,16 +79,17 @@ def _q(q: Quantile | None) -> str:
 def _summary_table(stats: Sequence[CandidateStats]) -> str:
     head = (
         "<tr><th>Candidate</th><th>Backend / model</th><th class=num>OK</th><th class=num>Failed</th>"
+        "<th>Errors</th>"
         "<th class=num>Wall s</th><th class=num>Images/s</th><th class=num>Output tokens/s</th>"
         "<th class=num>Latency p50 s</th><th class=num>Latency p95 s</th><th class=num>TTFT p50 s</th>"
-        "<th class=num>TTFT p95 s</th><th class=num>Mean words</th><th class=num>Mean tokens</th>"
-        "<th>Errors</th></tr>"
+        "<th class=num>TTFT p95 s</th><th class=num>Mean words</th><th class=num>Mean tokens</th></tr>"
     )
     rows = []
     for s in stats:
         errors = ", ".join(f"{escape(k)} \u00d7{v}" for k, v in s.errors.items())
         if s.first_error:
-            errors += f'<div class="error">{escape(s.first_error)}</div>'
+            shown = s.first_error if len(s.first_error) <= 160 else s.first_error[:159] + "\u2026"
+            errors += f'<div class="error" title="{escape(s.first_error)}">{escape(shown)}</div>'
         wall = _num(s.wall_s) + (" (est.)" if s.wall_estimated and s.wall_s is not None else "")
         where = " / ".join(escape(x) for x in (s.backend, s.model) if x) or "\u2013"
         if s.base_url:
@@ -96,11 +97,12 @@ def _summary_table(stats: Sequence[CandidateStats]) -> str:
         cls = ' class="failed-candidate"' if s.ok == 0 else ""
         rows.append(
             f"<tr{cls}><th scope=row>{escape(s.name)}</th><td>{where}</td><td class=num>{s.ok}</td>"
-            f"<td class=num>{s.failed}</td><td class=num>{wall}</td><td class=num>{_num(s.images_per_s)}</td>"
+            f"<td class=num>{s.failed}</td><td class=errors>{errors or _DASH}</td>"
+            f"<td class=num>{wall}</td><td class=num>{_num(s.images_per_s)}</td>"
             f"<td class=num>{_num(s.tokens_per_s, '.1f')}</td><td class=num>{_q(s.latency_p50)}</td>"
             f"<td class=num>{_q(s.latency_p95)}</td><td class=num>{_q(s.ttft_p50)}</td>"
             f"<td class=num>{_q(s.ttft_p95)}</td><td class=num>{_num(s.mean_words, '.1f')}</td>"
-            f"<td class=num>{_num(s.mean_tokens, '.1f')}</td><td>{errors or _DASH}</td></tr>"
+            f"<td class=num>{_num(s.mean_tokens, '.1f')}</td></tr>"
         )
     body = "".join(rows)
     table = f'<table class="summary"><thead>{head}</thead><tbody>{body}</tbody></table>'

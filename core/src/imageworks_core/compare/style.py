@@ -25,7 +25,10 @@ th, td { border: 1px solid var(--line); padding: 6px 8px; vertical-align: top; t
 th { background: #f1f3f4; font-weight: 600; }
 table.summary td.num, table.summary th.num { text-align: right; font-variant-numeric: tabular-nums;
   white-space: nowrap; }
-table.summary .ci { color: var(--muted); font-size: 0.82em; display: block; }
+table.summary { font-size: 0.9em; }
+table.summary .ci { color: var(--muted); font-size: 0.82em; display: block; white-space: nowrap; }
+table.summary td.errors { min-width: 14em; max-width: 24em; }
+table.summary .path { min-width: 11em; }
 tr.failed-candidate td { background: #fdecea; }
 .error { color: var(--bad); }
 .charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 520px), 1fr)); gap: 16px; }
@@ -37,8 +40,8 @@ svg .grid { stroke: #e8eaed; }
 svg .tick, svg .value { fill: var(--muted); }
 svg .label { fill: #202124; }
 svg .whisker { stroke: #444; stroke-width: 1.5; }
-table.grid td.thumb { width: 180px; }
-table.grid img { display: block; max-width: 160px; max-height: 160px; height: auto; border-radius: 3px; }
+table.grid td.thumb { width: 170px; }
+table.grid img { display: block; max-width: 150px; max-height: 150px; border-radius: 3px; }
 .path { font-size: 0.8em; color: var(--muted); word-break: break-all; margin-top: 4px; }
 td.answer .text { white-space: pre-wrap; overflow-wrap: anywhere; }
 td.answer .stats { color: var(--muted); font-size: 0.8em; margin-top: 6px; }
