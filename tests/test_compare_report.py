@@ -87,24 +87,26 @@ class _Dom(HTMLParser):
 
 
 def chromium(page: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium on *page* with a fresh profile (removed after: it holds socket links)."""
     assert CHROMIUM
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",  # tests may run as root in containers
-            "--disable-gpu",
-            "--no-first-run",
-            f"--user-data-dir={tmp / 'chromium-profile'}",
-            "--enable-logging=stderr",
-            "--v=0",
-            *args,
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with tempfile.TemporaryDirectory(prefix="imageworks-chromium-", ignore_cleanup_errors=True) as profile:
+        return subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",  # tests may run as root in containers
+                "--disable-gpu",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                *args,
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def console_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
