@@ -123,6 +123,8 @@ def test_bad_candidates_fail_before_anything_is_sent(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"candidate 'x': expected an integer for max_tokens") as info:
         candidate_client(bad, user_file=False, cwd=tmp_path)
     assert "cfg.toml" in str(info.value)
+    secret = Candidate(name="z", backend="openai", options={"api_key": "sk-123", "headers": {"X-Key": "h"}})
+    assert "sk-123" not in repr(secret) and "X-Key" not in repr(secret)
     with pytest.raises(ConfigError, match="max_pixels cannot differ"):
         Candidate(name="y", backend="openai", options={"max_pixels": 5}).overrides()
 

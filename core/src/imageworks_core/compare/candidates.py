@@ -56,7 +56,7 @@ class Candidate:
     backend: str
     base_url: str | None = None
     model: str | None = None
-    options: Mapping[str, Any] = attrs.field(factory=dict)
+    options: Mapping[str, Any] = attrs.field(factory=dict, repr=lambda o: _shown_options(o))
     source: str = "command line"
 
     def overrides(self, flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -86,6 +86,12 @@ class Candidate:
         if backend_keys:
             out["backends"] = {self.backend: backend_keys}
         return out
+
+
+def _shown_options(options: Mapping[str, Any]) -> str:
+    """``options`` for ``repr``: keys and headers hidden (they may hold credentials)."""
+    shown = {k: "***" if "key" in k.lower() or k == "headers" else v for k, v in options.items()}
+    return repr(shown)
 
 
 def _from_table(name: str, table: Any, source: str) -> Candidate:
