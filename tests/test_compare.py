@@ -305,3 +305,18 @@ def test_three_candidates_with_transformers_serve(tmp_path: Path, faulty: Any, h
     assert by["hf"]["model"].startswith(hf_server.model_id)
     assert by["hf"]["tokens_per_s"] and by["hf"]["ttft_p50"] is not None
     assert len([e for e in faulty.log("/v1/chat/completions") if e["model"] == "slow"]) == len(images) + 1
+
+
+@pytest.mark.server
+def test_parallel_candidates_overlap_and_lose_nothing(tmp_path: Path, faulty: Any) -> None:
+    images = photos(tmp_path / "photos", 3)
+    write_candidates(tmp_path, faulty.v1)
+    latency_script(faulty)
+    proc = run_cli(tmp_path, "compare", "photos", "--candidates", "slow,fast", "--parallel", "--out", "p")
+    assert proc.returncode == 0, show(proc)
+    by = summary(tmp_path / "p")
+    assert (by["slow"]["ok"], by["fast"]["ok"]) == (len(images), len(images))
+    log = faulty.log("/v1/chat/completions")
+    slow = [e["time"] for e in log if e["model"] == "slow"]
+    fast = [e["time"] for e in log if e["model"] == "fast"]
+    assert min(fast) < max(slow)  # the fast candidate did not wait for the slow one to finish
