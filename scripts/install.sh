@@ -3,7 +3,8 @@
 #   scripts/install.sh          core + the vllm, lmdeploy and triton backends (the main job)
 #   scripts/install.sh --dev    everything the tests need too: test tools, the in-process
 #                               transformers backend (CPU torch), the real test servers
-#                               (transformers serve, PyTriton's tritonserver) and exiftool
+#                               (transformers serve, PyTriton's tritonserver), exiftool and
+#                               chromium (headless, for the compare report tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -25,6 +26,15 @@ if [ "$dev" = 1 ]; then
                 || (apt-get update -q >/dev/null && apt-get install -y -q libimage-exiftool-perl >/dev/null))
         else
             echo "exiftool is missing: sudo apt-get install libimage-exiftool-perl" >&2
+        fi
+    fi
+    # headless Chromium renders the `imageworks compare` report in tests/test_compare_report.py
+    if ! command -v chromium >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then
+            (apt-get install -y -q chromium >/dev/null 2>&1 \
+                || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
+        else
+            echo "chromium is missing (report tests): sudo apt-get install chromium" >&2
         fi
     fi
 fi

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="every setting, its value and where it came from (secrets redacted)")
     show.add_argument("--json", action="store_true", help="JSON output")
     _backend_flags(show)
+    from .compare.command import add_parser as add_compare_parser
+
+    add_compare_parser(sub, epilog)
     return parser
 
 
@@ -248,6 +251,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return commands.backends(args)
     if args.command == "health":
         return commands.health(args, _client(args))
+    if args.command == "compare":
+        from .compare.command import compare
+
+        return compare(args)
     if args.command == "config":
         if args.config_command != "show":
             parser.parse_args(["config", "--help"])

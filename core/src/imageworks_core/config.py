@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .redact import is_sensitive_header, redact_headers, redact_url, register_secret, scrub, url_secrets
 from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 
-__all__ = ["Config", "load_config", "user_config_path"]
+__all__ = ["Config", "load_config", "tool_sections", "user_config_path"]
 
 log = logging.getLogger("imageworks.config")
 
@@ -393,6 +393,30 @@ def load_config(
         f = dict(flags)
         layers.append(_Layer(source="flag", values=f, selected=dict(f.pop("selected", None) or {})))
     return _resolve(layers, settings_classes, set(unavailable), tuple(files))
+
+
+def tool_sections(
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    user_file: str | os.PathLike[str] | bool | None = True,
+    project_file: bool = True,
+) -> list[tuple[str, dict[str, Any]]]:
+    """``(source label, section)`` of each config file, lowest precedence first, read as is.
+
+    The user file's top level and the nearest ``pyproject.toml``'s
+    ``[tool.imageworks]``, for tables that ``load_config`` leaves to other
+    commands (``imageworks compare`` reads ``candidates`` here).
+    """
+    found: list[tuple[str, dict[str, Any]]] = []
+    if user_file:
+        path = user_config_path() if user_file is True else Path(user_file)
+        if path.is_file():
+            found.append((str(path), _read_toml(path)))
+    if project_file:
+        project = _find_pyproject(Path(cwd or os.getcwd()).resolve())
+        if project is not None:
+            found.append((f"{project[0]} [tool.imageworks]", project[1]))
+    return found
 
 
 def _resolve(

@@ -13,7 +13,7 @@ Sidecars are replaced atomically (:func:`atomic_write_bytes`); the JSONL is
 append-only.
 """
 
-from imageworks_core.outputs._common import OutputError
+from imageworks_core.outputs._common import OutputError, dumps_json
 from imageworks_core.outputs.atomic import atomic_write_bytes
 from imageworks_core.outputs.embed import embed_xmp, find_exiftool
 from imageworks_core.outputs.json_sidecar import json_sidecar_path, write_json_sidecar
@@ -39,6 +39,7 @@ __all__ = [
     "OutputError",
     "atomic_write_bytes",
     "completed_images",
+    "dumps_json",
     "embed_xmp",
     "find_exiftool",
     "iter_results",
