@@ -162,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll until ready or this many seconds pass (servers refuse connections while loading)",
     )
     _backend_flags(p)
+    p = sub.add_parser(
+        "serve", help="run the local HTTP gateway (OpenAI-compatible) all tools can share", epilog=epilog
+    )
+    from .serve.command import add_serve_flags
+
+    add_serve_flags(p)
+    _backend_flags(p)
     p = sub.add_parser("config", help="show the effective configuration", epilog=epilog)
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser("show", help="every setting, its value and where it came from (secrets redacted)")
@@ -230,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.backends(args)
         if args.command == "health":
             return commands.health(args, _client(args))
+        if args.command == "serve":
+            from .serve.command import run_serve
+
+            return run_serve(args, _client)
         if args.command == "config":
             if args.config_command != "show":
                 parser.parse_args(["config", "--help"])

@@ -37,7 +37,7 @@ from .outputs.xmp import CN_NAMESPACE
 from .summary import Summary
 from .templates import get_template, load_mono_metrics, metrics_for
 
-__all__ = ["DescribeOptions", "run_describe"]
+__all__ = ["DescribeOptions", "result_record", "run_describe"]
 
 
 @attrs.frozen(slots=True)
@@ -162,25 +162,31 @@ async def _finish(
             error = InputError(
                 f"{result.id}: cannot write the sidecar: {exc.strerror or exc}", source=result.id
             )
+    prompt = prompt_for(image) if result.id and not result.id.startswith("#") else None
+    writer.write(result_record(result, client, prompt=prompt, template=template_name, error=error))
+    summary.add(result if error is None else attrs.evolve(result, error=error))
+
+
+def result_record(
+    result: Result, client: Client, *, prompt: str | None, template: str, error: BaseException | None
+) -> dict[str, Any]:
+    """One line of the results JSONL for *result* (also the answer of the gateway's ``/v1/describe``)."""
     sent = bool(result.attempts)  # an input error never reached a backend
     known = sent and result.backend in client.registry.backends
     ctx_url = redact_url(client.context(result.backend).base_url) if known else None
-    writer.write(
-        {
-            "image": result.id,
-            "prompt": prompt_for(image) if result.id and not result.id.startswith("#") else None,
-            "template": template_name,
-            "backend": (result.backend or None) if sent else None,
-            "model": (result.model or None) if sent else None,
-            "base_url": ctx_url,
-            "description": result.text.strip() if error is None else None,
-            "processing_time": round(result.latency, 4),
-            "usage": attrs.asdict(result.usage) if error is None else None,
-            "attempts": [attrs.asdict(a) for a in result.attempts],
-            "error": None if error is None else _one_line(error),
-        }
-    )
-    summary.add(result if error is None else attrs.evolve(result, error=error))
+    return {
+        "image": result.id,
+        "prompt": prompt,
+        "template": template,
+        "backend": (result.backend or None) if sent else None,
+        "model": (result.model or None) if sent else None,
+        "base_url": ctx_url,
+        "description": result.text.strip() if error is None else None,
+        "processing_time": round(result.latency, 4),
+        "usage": attrs.asdict(result.usage) if error is None else None,
+        "attempts": [attrs.asdict(a) for a in result.attempts],
+        "error": None if error is None else _one_line(error),
+    }
 
 
 def _one_line(exc: BaseException) -> str:

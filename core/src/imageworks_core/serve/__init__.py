@@ -1,0 +1,16 @@
+"""``imageworks serve``: one local HTTP gateway in front of one shared ``Client``.
+
+Every caller (Python or not) goes through the same dispatcher, so
+concurrency limits, outage handling and fallback are the gateway's, not each
+program's.  Routes: ``POST /v1/chat/completions`` (OpenAI-compatible),
+``GET /v1/models``, ``POST /v1/describe``, ``GET /healthz``, ``GET /livez``,
+``GET /metrics``.  Needs the ``serve`` extra: ``pip install 'imageworks-core[serve]'``.
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .options import ServeOptions, check_bind, read_tokens
+from .runner import serve
+
+__all__ = ["ServeOptions", "check_bind", "create_app", "read_tokens", "serve"]
