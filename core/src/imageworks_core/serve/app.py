@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..client import Client
+from ..errors import ImageWorksError
 from ..models import HealthReport
 from .chat import ChatRoute
 from .describing import DescribeRoute
@@ -29,6 +31,8 @@ from .telemetry import CONTENT_TYPE
 from .wire import GatewayError, Receive, Scope, Send, header, send_error
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("imageworks.serve")
 
 #: Seconds a health or model listing is reused (callers poll /healthz).
 _HEALTH_TTL = 1.0
@@ -97,14 +101,30 @@ class _Health:
         self._reports: list[HealthReport] = []
         self._lock = anyio.Lock()
 
+    def names(self) -> list[str]:
+        """The backends in the order, then every other one given a ``base_url`` (callers may name it)."""
+        client = self.gw.client
+        order = client.backend_order()
+        others = [
+            n
+            for n in sorted(client.registry.backends)
+            if n not in order and client.settings.backend_settings(n).base_url
+        ]
+        return order + others
+
     async def reports(self) -> list[HealthReport]:
         async with self._lock:
             if time.monotonic() - self._at > _HEALTH_TTL:
                 client = self.gw.client
-                names = client.backend_order()
+                names = self.names()
                 found: list[HealthReport | None] = [None] * len(names)
 
+                endpoints = client._dispatcher.runner.endpoints if client._dispatcher is not None else {}
+
                 async def check(i: int, name: str) -> None:
+                    ep = endpoints.get(name)
+                    if ep is not None and ep.probe_due():
+                        await ep.probe()  # an endpoint that is out comes back here, not only on a request
                     found[i] = await client.health(name)
 
                 async with anyio.create_task_group() as tg:
@@ -158,7 +178,8 @@ def create_app(client: Client, options: ServeOptions | None = None) -> _Guard:
                     "latency_s": round(r.latency, 4),
                 }
             )
-        ready = any(b["ready"] for b in backends)
+        order = client.backend_order()
+        ready = any(b["ready"] for b in backends if b["backend"] in order)
         body = {"ready": ready, "in_flight": gw.active, "queue_limit": options.queue, "backends": backends}
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -174,10 +195,20 @@ def create_app(client: Client, options: ServeOptions | None = None) -> _Guard:
     async def metrics(request: HttpRequest) -> Response:
         return Response(gw.telemetry.render(), media_type=CONTENT_TYPE)
 
+    async def preflight() -> None:
+        # as before a batch: a backend seen ready has its later failures treated as outages, and a
+        # dead one beside a live one is taken out (probed) so that requests go to the live one
+        try:
+            await client.dispatcher.preflight()
+        except ImageWorksError as exc:
+            log.warning("no backend is ready yet (/healthz says so): %s", exc.message.splitlines()[0])
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with client:
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(preflight)  # in the background: serving starts at once
             yield
+            tg.cancel_scope.cancel()
 
     routes = [
         Route("/v1/chat/completions", ChatRoute(gw), methods=["POST"]),
