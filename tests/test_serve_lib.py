@@ -164,3 +164,37 @@ async def test_a_caller_key_goes_to_its_backend_only(faulty: Any) -> None:
             assert (await c.infer(Request(prompt="x", backend="other", model="o"))).text == "configured"
         assert caller_key("openai") is None
         assert (await c.infer(Request(prompt="x"))).text == "configured"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("JPEG", {}),
+        ("JPEG", {"exif": b"Exif\x00\x00" + b"\x00" * 60_000}),  # the frame header far from the start
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("WEBP", {}),
+        ("WEBP", {"lossless": True}),
+        ("WEBP", {"exif": b"Exif\x00\x00abcd"}),  # the extended (VP8X) header
+    ],
+)
+def test_image_size_from_the_base64_prefix_matches_pillow(fmt: str, options: dict[str, Any]) -> None:
+    from PIL import Image
+
+    from imageworks_core.serve.sizes import image_size
+
+    buf = io.BytesIO()
+    noise = Image.effect_noise((1237, 611), 64).convert("RGB")
+    noise.save(buf, fmt, **options)
+    assert image_size(base64.b64encode(buf.getvalue()).decode(), "x") == (1237, 611)
+    wrapped = base64.encodebytes(buf.getvalue()).decode()  # with line breaks: decoded in full
+    assert image_size(wrapped, "x") == (1237, 611)
+
+
+def test_image_size_of_garbage_is_an_input_error() -> None:
+    from imageworks_core.errors import InputError
+    from imageworks_core.serve.sizes import image_size
+
+    with pytest.raises(InputError):
+        image_size(base64.b64encode(b"not an image at all").decode(), "image 1")

@@ -41,9 +41,10 @@ _HEALTH_TTL = 1.0
 class _Guard:
     """Every route but ``GET /livez`` needs a configured token (constant-time compare); rate limits."""
 
-    def __init__(self, app: Any, gw: Gateway) -> None:
+    def __init__(self, app: Any, gw: Gateway, chat: Any = None) -> None:
         self.app = app
         self.gw = gw
+        self.chat = chat  # the hot route, called without Starlette's routing and middleware layers
         self.tokens = [("Bearer " + t.reveal()).encode() for t in gw.options.tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,6 +90,9 @@ class _Guard:
                     ),
                 )
                 return
+        if self.chat is not None and scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
+            await self.chat(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -210,8 +214,9 @@ def create_app(client: Client, options: ServeOptions | None = None) -> _Guard:
             yield
             tg.cancel_scope.cancel()
 
+    chat = ChatRoute(gw)
     routes = [
-        Route("/v1/chat/completions", ChatRoute(gw), methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/describe", DescribeRoute(gw), methods=["POST"]),
         Route("/v1/models", _timed(gw, "models", models), methods=["GET"]),
         Route("/healthz", _timed(gw, "healthz", healthz), methods=["GET"]),
@@ -219,4 +224,4 @@ def create_app(client: Client, options: ServeOptions | None = None) -> _Guard:
         Route("/metrics", metrics, methods=["GET"]),
     ]
     # the guard wraps the app from outside: one ASGI layer, not Starlette's middleware stack
-    return _Guard(Starlette(routes=routes, lifespan=lifespan), gw)
+    return _Guard(Starlette(routes=routes, lifespan=lifespan), gw, chat)

@@ -10,8 +10,6 @@ is named ``backend/model`` so that it routes back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import time
@@ -23,9 +21,9 @@ import anyio
 
 from ..errors import ImageWorksError, InputError
 from ..events import Event
-from ..images import wrap_encoded
 from ..models import Chunk, Request, Result
 from .gateway import Gateway
+from .sizes import image_size
 from .wire import (
     GatewayError,
     Receive,
@@ -93,19 +91,14 @@ def check_images(messages: list[Any], gw: Gateway) -> None:
             seen += 1
             if seen > opts.max_images:
                 raise GatewayError(413, f"too many images: the limit is {opts.max_images} per request")
-            _, _, payload = url.partition(",")
             try:
-                data = base64.b64decode(payload, validate=False)
-            except (binascii.Error, ValueError):
-                raise GatewayError(400, f"image {seen} is not valid base64") from None
-            try:
-                img = wrap_encoded(data, source=f"image {seen}")
+                width, height = image_size(url.partition(",")[2], f"image {seen}")
             except InputError as exc:
                 raise GatewayError(400, exc.message) from None
-            if img.width * img.height > opts.max_image_pixels:
+            if width * height > opts.max_image_pixels:
                 raise GatewayError(
                     413,
-                    f"image {seen} is {img.width}x{img.height} = {img.width * img.height / 1e6:.1f} MP; "
+                    f"image {seen} is {width}x{height} = {width * height / 1e6:.1f} MP; "
                     f"the limit is {opts.max_image_pixels / 1e6:.1f} MP (downscale it first)",
                 )
 

@@ -38,6 +38,7 @@ def serve(client: Client, options: ServeOptions) -> None:
         log_config=None,  # the imageworks logging setup applies
         timeout_graceful_shutdown=max(1, math.ceil(options.drain_timeout)),
         server_header=False,
+        proxy_headers=False,  # a local gateway: trust no X-Forwarded-For (and skip a layer per request)
     )
     server = uvicorn.Server(config)
     shown = f"[{options.host}]" if ":" in options.host else options.host

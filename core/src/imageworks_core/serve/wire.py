@@ -7,6 +7,7 @@ caller hanging up, which cancels the upstream request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -14,7 +15,6 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..dispatch import ungrouped
 from ..errors import (
     BackendDown,
     BackendOverloaded,
@@ -115,7 +115,8 @@ async def send_bytes(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type), *headers],
+            # a length (not chunked): uvicorn then writes the body in one piece, no closing chunk
+            "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *headers],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -166,25 +167,30 @@ async def send_error(send: Send, exc: BaseException) -> int:
 async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
     """Run *work* watching the connection: ``(True, result)``, or ``(False, None)`` if the caller left.
 
-    A caller that hangs up cancels *work*, and with it the upstream request.
+    A caller that hangs up cancels *work*, and with it the upstream request.  The
+    gateway runs on uvicorn's asyncio loop; one watcher task with a done-callback
+    costs a fraction of a task group on the path of every request.
     """
-    out: list[T] = []
+    task = asyncio.current_task()
+    assert task is not None
     gone = False
 
-    async def watch() -> None:
+    def on_message(fut: asyncio.Future[MutableMapping[str, Any]]) -> None:
         nonlocal gone
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                tg.cancel_scope.cancel()
-                return
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result()["type"] == "http.disconnect":
+            gone = True
+            task.cancel()
 
-    with ungrouped():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch)
-            out.append(await work())
-            tg.cancel_scope.cancel()
-    if gone or not out:
-        return False, None
-    return True, out[0]
+    watcher = asyncio.ensure_future(receive())
+    watcher.add_done_callback(on_message)
+    try:
+        return True, await work()
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            return False, None
+        raise
+    finally:
+        watcher.remove_done_callback(on_message)
+        watcher.cancel()
