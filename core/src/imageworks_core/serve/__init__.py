@@ -9,8 +9,22 @@ program's.  Routes: ``POST /v1/chat/completions`` (OpenAI-compatible),
 
 from __future__ import annotations
 
-from .app import create_app
+from typing import Any
+
 from .options import ServeOptions, check_bind, read_tokens
-from .runner import serve
 
 __all__ = ["ServeOptions", "check_bind", "create_app", "read_tokens", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    # Starlette and uvicorn load only when the gateway runs: `imageworks --help` stays fast and
+    # works without the serve extra
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "serve":
+        from .runner import serve
+
+        return serve
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
