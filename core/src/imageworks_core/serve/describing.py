@@ -85,7 +85,8 @@ class DescribeRoute:
                 body = await read_body(scope, receive, gw.options.max_body)
                 fields, jobs = await self._inputs(scope, body)
                 writes = self._writes(scope, jobs)
-                with gw.caller_key(scope, fields.get("backend")):
+                named = fields.get("backend") or gw.split_model(str(fields.get("model") or ""))[0]
+                with gw.caller_key(scope, str(named) if named else None):
                     answered, lines = await until_disconnect(receive, lambda: self._run(fields, jobs, writes))
                 if not answered or lines is None:
                     status = 499
