@@ -59,7 +59,7 @@ class _Guard:
                 if hmac.compare_digest(got, token):
                     matched = i
             if matched < 0:
-                self.gw.telemetry._child(self.gw.telemetry.rejected, "unauthorized").inc()
+                self.gw.telemetry.rejected_one("unauthorized")
                 await send(
                     {
                         "type": "http.response.start",
@@ -79,7 +79,7 @@ class _Guard:
         if self.gw.rate is not None:
             wait = self.gw.rate.take(who)
             if wait > 0:
-                self.gw.telemetry._child(self.gw.telemetry.rejected, "rate_limit").inc()
+                self.gw.telemetry.rejected_one("rate_limit")
                 await send_error(
                     send,
                     GatewayError(
@@ -123,7 +123,7 @@ class _Health:
                 names = self.names()
                 found: list[HealthReport | None] = [None] * len(names)
 
-                endpoints = client._dispatcher.runner.endpoints if client._dispatcher is not None else {}
+                endpoints = client.dispatcher.runner.endpoints
 
                 async def check(i: int, name: str) -> None:
                     ep = endpoints.get(name)
@@ -160,10 +160,10 @@ def create_app(client: Client, options: ServeOptions | None = None) -> _Guard:
 
     async def healthz(request: HttpRequest) -> Response:
         reports = await health.reports()
-        dispatcher = client._dispatcher
+        dispatcher = client.dispatcher
         backends = []
         for r in reports:
-            ep = dispatcher.runner.endpoints.get(r.backend) if dispatcher is not None else None
+            ep = dispatcher.runner.endpoints.get(r.backend)
             state = "up"
             if ep is not None:
                 ep.accepting()  # a pause that is over ends here

@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from ..dispatch import ungrouped
 from ..errors import ImageWorksError, InputError
 from ..events import Event
 from ..models import Chunk, Request, Result
@@ -265,58 +266,59 @@ class ChatRoute:
             )
 
         model = f"{backend[0]}/{request.model or ''}"
-        async with anyio.create_task_group() as tg, chunks_out:
-            tg.start_soon(watch)
-            tg.start_soon(produce)
-            async for item in chunks_out:
-                if item is None:  # the try failed after some text: the caller has it already
-                    if started:
-                        await self._stream_error(send, "the backend failed in the middle of the answer")
-                        status = 502
-                        break
-                    continue
-                if isinstance(item, Result):
-                    self.gw.telemetry.result(item, dispatcher)
-                    if item.error is not None:
+        with ungrouped():  # a failure inside comes out as itself
+            async with anyio.create_task_group() as tg, chunks_out:
+                tg.start_soon(watch)
+                tg.start_soon(produce)
+                async for item in chunks_out:
+                    if item is None:  # the try failed after some text: the caller has it already
                         if started:
-                            await self._stream_error(send, item.error.message, item.error)
+                            await self._stream_error(send, "the backend failed in the middle of the answer")
                             status = 502
-                        else:
-                            status = await send_error(send, item.error)
+                            break
+                        continue
+                    if isinstance(item, Result):
+                        self.gw.telemetry.result(item, dispatcher)
+                        if item.error is not None:
+                            if started:
+                                await self._stream_error(send, item.error.message, item.error)
+                                status = 502
+                            else:
+                                status = await send_error(send, item.error)
+                            break
+                        name = f"{item.backend}/{item.model}"
+                        if not started:
+                            await begin()
+                            head = event({"role": "assistant", "content": ""}, None, name)
+                        tail = head + event({}, item.finish_reason or "stop", name)
+                        if include_usage:
+                            obj = {
+                                "id": rid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": name,
+                                "choices": [],
+                                "usage": _usage(item.usage),
+                            }
+                            tail += b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+                        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+                        status = 200
                         break
-                    name = f"{item.backend}/{item.model}"
+                    if not item.text:
+                        continue
+                    model = f"{backend[0]}/{item.model}" if item.model else model
                     if not started:
                         await begin()
-                        head = event({"role": "assistant", "content": ""}, None, name)
-                    tail = head + event({}, item.finish_reason or "stop", name)
-                    if include_usage:
-                        obj = {
-                            "id": rid,
-                            "object": "chat.completion.chunk",
-                            "created": created,
-                            "model": name,
-                            "choices": [],
-                            "usage": _usage(item.usage),
+                        head = event({"role": "assistant", "content": ""}, None, model)
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": head + event({"content": item.text}, None, model),
+                            "more_body": True,
                         }
-                        tail += b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-                    await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
-                    status = 200
-                    break
-                if not item.text:
-                    continue
-                model = f"{backend[0]}/{item.model}" if item.model else model
-                if not started:
-                    await begin()
-                    head = event({"role": "assistant", "content": ""}, None, model)
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": head + event({"content": item.text}, None, model),
-                        "more_body": True,
-                    }
-                )
-                head = b""
-            tg.cancel_scope.cancel()
+                    )
+                    head = b""
+                tg.cancel_scope.cancel()
         return status
 
     @staticmethod

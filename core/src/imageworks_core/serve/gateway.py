@@ -52,7 +52,7 @@ class Gateway:
     def __init__(self, client: Client, options: ServeOptions) -> None:
         self.client = client
         self.options = options
-        self.telemetry = Telemetry(lambda: client._dispatcher)
+        self.telemetry = Telemetry(lambda: client.dispatcher)
         self.active = 0
         self.rate = RateLimiter(options.rate_limit) if options.rate_limit else None
         self.started = time.time()
@@ -63,7 +63,7 @@ class Gateway:
     def admitted(self) -> Iterator[None]:
         """Hold one place in the bounded queue, or raise 429 when it is full."""
         if self.active >= self.options.queue:
-            self.telemetry._child(self.telemetry.rejected, "queue_full").inc()
+            self.telemetry.rejected_one("queue_full")
             raise GatewayError(
                 429,
                 f"the gateway is at its limit of {self.options.queue} requests at once; retry shortly",

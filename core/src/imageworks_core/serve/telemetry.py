@@ -52,9 +52,7 @@ class _Endpoints(Collector):
         )
         outages = CounterMetricFamily("imageworks_backend_outages", "Outages seen", labels=labels)
         pauses = CounterMetricFamily("imageworks_backend_pauses", "Pauses asked for (429/503)", labels=labels)
-        dispatcher = self._dispatcher()
-        endpoints = dispatcher.runner.endpoints.values() if dispatcher is not None else ()
-        for ep in list(endpoints):
+        for ep in list(self._dispatcher().runner.endpoints.values()):
             values = [ep.backend, ep.url]
             ep.accepting()  # a pause that is over ends here
             in_flight.add_metric(values, ep.in_flight)
@@ -72,7 +70,7 @@ class Telemetry:
     """The gateway's metrics.
 
     Args:
-        dispatcher: Returns the shared dispatcher (``None`` before the first request).
+        dispatcher: Returns the shared dispatcher.
     """
 
     def __init__(self, dispatcher: Any) -> None:
@@ -126,6 +124,9 @@ class Telemetry:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def rejected_one(self, reason: str) -> None:
+        self._child(self.rejected, reason).inc()
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         self._child(self.requests, route, str(status)).inc()
