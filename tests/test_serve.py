@@ -418,6 +418,58 @@ def test_client_disconnect_cancels_the_upstream_request(gw: Gateway, faulty: Any
     assert len(log) == 2 and not any(e["completed"] for e in log)  # no answer was delivered
 
 
+def test_a_dead_primary_is_taken_out_at_start_and_the_fallback_answers(faulty: Any, tmp_path: Path) -> None:
+    """The startup check (as before a batch) takes a dead primary out: requests go to the fallback at once."""
+    from servers._proc import free_port
+
+    settings = {
+        "backend": "vllm",
+        "fallback": ["openai"],
+        "backends": {
+            "vllm": {"base_url": f"http://127.0.0.1:{free_port()}"},
+            "openai": {"base_url": faulty.v1, "model": "fake-vlm"},
+        },
+    }
+    with running_gateway(tmp_path, settings) as gw:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            health = httpx.get(gw.url + "/healthz", timeout=10)
+            states = {b["backend"]: b["state"] for b in health.json()["backends"]}
+            if states.get("vllm") in ("out", "down"):
+                break
+            time.sleep(0.1)
+        assert health.status_code == 200 and states["vllm"] in ("out", "down"), health.text
+        started = time.monotonic()
+        answer = sdk(gw).chat.completions.create(model="fake-vlm", messages=vision_messages("x", jpeg()))
+        assert answer.model == "openai/fake-vlm" and time.monotonic() - started < 5
+
+
+def test_all_callers_share_one_concurrency_limit(faulty: Any, tmp_path: Path) -> None:
+    """Six programs at once, --concurrency 2: the server never sees more than two requests at a time."""
+    settings = {"backend": "openai", "backends": {"openai": {"base_url": faulty.v1, "model": "fake-vlm"}}}
+    faulty.script([{"match": {"path": CHAT}, "fault": "delay", "delay_s": 0.4}])
+    with running_gateway(tmp_path, settings, "--concurrency", "2") as gw:
+        errors: list[BaseException] = []
+
+        def program(i: int) -> None:
+            try:
+                sdk(gw).chat.completions.create(model="fake-vlm", messages=vision_messages("x"), user=f"p{i}")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=program, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors
+    log = faulty.log(CHAT)
+    assert len(log) == 6
+    spans = [(e["time"], e["time"] + e["duration_s"]) for e in log]
+    most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert most <= 2, spans
+
+
 # ------------------------------------------------------------------ starting and stopping
 
 
