@@ -97,6 +97,8 @@ def gateway(_faulty_session: Any, tmp_path_factory: pytest.TempPathFactory) -> I
     env = {"IW_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
     with running_gateway(work, settings, *args, token=TOKEN, env=env) as gw:
         yield gw
+        log = gw.process.log(tail=10_000_000)
+    assert "Traceback" not in log, log  # no request of the module made the gateway fail
 
 
 @pytest.fixture

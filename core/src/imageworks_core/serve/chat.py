@@ -26,6 +26,7 @@ from ..models import Chunk, Request, Result
 from .gateway import Gateway
 from .sizes import image_size
 from .wire import (
+    Disconnected,
     GatewayError,
     Receive,
     Scope,
@@ -203,6 +204,8 @@ class ChatRoute:
                         status = await self._complete(request, receive, send)
         except GatewayError as exc:
             status = await send_error(send, exc)
+        except Disconnected:
+            status = 499
         finally:
             gw.telemetry.request_done("chat", status, time.perf_counter() - start)
 

@@ -34,6 +34,7 @@ from ..outputs import NarrationRecord, write_json_sidecar, write_xmp_sidecar
 from ..templates import get_template
 from .gateway import Gateway
 from .wire import (
+    Disconnected,
     GatewayError,
     Receive,
     Scope,
@@ -97,6 +98,8 @@ class DescribeRoute:
                 await send_bytes(send, status, payload, b"application/x-ndjson")
         except GatewayError as exc:
             status = await send_error(send, exc)
+        except Disconnected:
+            status = 499
         finally:
             gw.telemetry.request_done("describe", status, time.perf_counter() - start)
 

@@ -13,8 +13,6 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, TypeVar
 
-import anyio
-
 from ..errors import (
     BackendDown,
     BackendOverloaded,
@@ -27,6 +25,7 @@ from ..errors import (
 )
 
 __all__ = [
+    "Disconnected",
     "GatewayError",
     "Receive",
     "Scope",
@@ -67,6 +66,10 @@ class GatewayError(Exception):
         self.retry_after = retry_after
 
 
+class Disconnected(Exception):
+    """The caller hung up while sending its request (nothing is answered)."""
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of request header *name* (lower case), decoded as latin-1."""
     for key, value in scope["headers"]:
@@ -85,7 +88,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise anyio.get_cancelled_exc_class()()
+            raise Disconnected
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
