@@ -20,6 +20,8 @@ if [ "$dev" = 1 ]; then
     # torch 2.13.0 resolves to the local CPU wheel on these machines; a bare "torch" would pull CUDA.
     pip install -q "torch==2.13.0"
     pip install -q -e plugins/transformers -e ".[test,lint]" "transformers[serving]" tokenizers nvidia-pytriton uvloop
+    # the gateway's extra, and the official openai SDK its tests call it with
+    pip install -q -e "core[serve]" openai
     if ! command -v exiftool >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then
             (apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1 \

@@ -175,6 +175,8 @@ class ItemRunner:
 
     def order(self, request: Request) -> list[str]:
         names = self.backends.backend_order(request.backend)
+        if request.fallback is not None:  # the request's own fallback order replaces the configured one
+            names = list(dict.fromkeys([names[0], *request.fallback]))
         live = [n for n in names if self.breaker(n).available()]
         return live or names  # all cooling down: still try rather than fail blind
 

@@ -173,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll until ready or this many seconds pass (servers refuse connections while loading)",
     )
     _backend_flags(p)
+    p = sub.add_parser(
+        "serve", help="run the local HTTP gateway (OpenAI-compatible) all tools can share", epilog=epilog
+    )
+    from .serve.command import add_serve_flags
+
+    add_serve_flags(p)
+    _backend_flags(p)
     p = sub.add_parser("config", help="show the effective configuration", epilog=epilog)
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     show = csub.add_parser("show", help="every setting, its value and where it came from (secrets redacted)")
@@ -255,6 +262,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .compare.command import compare
 
         return compare(args)
+    if args.command == "serve":
+        from .serve.command import run_serve
+
+        return run_serve(args, _client)
     if args.command == "config":
         if args.config_command != "show":
             parser.parse_args(["config", "--help"])

@@ -34,7 +34,7 @@ from .summary import Summary
 from .templates import get_template, load_mono_metrics, metrics_for
 from .terminal import terminal_safe
 
-__all__ = ["DescribeOptions", "run_describe"]
+__all__ = ["DescribeOptions", "result_record", "run_describe"]
 
 
 @attrs.frozen(slots=True)
@@ -129,30 +129,46 @@ async def _finish(
             hint="check the model and the prompt; raise --max-tokens if the answer was cut at the start",
         )
     output_error = None if error is not None else await write_sidecars(image, result, opts, metrics)
-    sent = bool(result.attempts)  # an input error never reached a backend
-    ctx_url = redact_url(result.base_url) if sent and result.base_url else None
+    prompt = prompt_for(image) if result.id and not result.id.startswith("#") else None
     writer.write(
-        {
-            "image": result.id,
-            "prompt": prompt_for(image) if result.id and not result.id.startswith("#") else None,
-            "template": template_name,
-            "backend": (result.backend or None) if sent else None,
-            "model": (result.model or None) if sent else None,
-            "base_url": ctx_url,
-            "description": result.text.strip() if error is None else None,
-            "processing_time": round(result.latency, 4),
-            "queue_time": round(result.queue_time, 4),
-            "usage": attrs.asdict(result.usage) if error is None else None,
-            "attempts": [attrs.asdict(a) for a in result.attempts],
-            "error": None if error is None else _one_line(error),
-            **extra_keys(result.id, output_error),
-        }
+        result_record(result, prompt=prompt, template=template_name, error=error, output_error=output_error)
     )
     summary.add(
         result
         if error is None and output_error is None
         else attrs.evolve(result, error=error or output_error)
     )
+
+
+def result_record(
+    result: Result,
+    *,
+    prompt: str | None,
+    template: str,
+    error: BaseException | None,
+    output_error: ImageWorksError | None = None,
+    on_disk: bool = True,
+) -> dict[str, Any]:
+    """One line of the results JSONL for *result* (also the answer of the gateway's ``/v1/describe``).
+
+    *on_disk*: the image is a file (its ``resolved_path`` is recorded); an upload has none.
+    """
+    sent = bool(result.attempts)  # an input error never reached a backend
+    return {
+        "image": result.id,
+        "prompt": prompt,
+        "template": template,
+        "backend": (result.backend or None) if sent else None,
+        "model": (result.model or None) if sent else None,
+        "base_url": redact_url(result.base_url) if sent and result.base_url else None,
+        "description": result.text.strip() if error is None else None,
+        "processing_time": round(result.latency, 4),
+        "queue_time": round(result.queue_time, 4),
+        "usage": attrs.asdict(result.usage) if error is None else None,
+        "attempts": [attrs.asdict(a) for a in result.attempts],
+        "error": None if error is None else _one_line(error),
+        **extra_keys(result.id if on_disk else None, output_error),
+    }
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from .byok import caller_key
 from .errors import (
     BackendError,
     BackendOverloaded,
@@ -242,6 +243,13 @@ class HttpClient:
             exc.args = (exc.message if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
         return exc
 
+    def _with_caller_key(self, headers: dict[str, str]) -> dict[str, str]:
+        """*headers* with a gateway caller's own key for this backend, when one is set (``byok``)."""
+        key = caller_key(self.backend)
+        if key is None:
+            return headers
+        return {**headers, "Authorization": f"Bearer {key.reveal()}"}
+
     def _timeouts(self, read: float | None) -> Timeouts:
         if read is None or read == self.timeouts.read:
             return self.timeouts
@@ -265,6 +273,7 @@ class HttpClient:
         hdrs = self._json_headers if body is not None else self._headers
         if headers:
             hdrs = {**hdrs, **headers}
+        hdrs = self._with_caller_key(hdrs)
         try:
             resp = await self.transport.request(
                 method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)
@@ -313,6 +322,7 @@ class HttpClient:
         """
         url = self.url(path)
         hdrs = {**self._json_headers, "Accept": "text/event-stream"} if body is not None else self._headers
+        hdrs = self._with_caller_key(hdrs)
         try:
             async with self.transport.stream(
                 method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)

@@ -117,6 +117,8 @@ class Request:
             (e.g. ``{"top_k": 20}`` or ``{"mm_processor_kwargs": {...}}``).
         timeout: Per-request read timeout in seconds.
         id: The caller's identity for this request (kept on its result).
+        fallback: This request's fallback backends, in order, instead of the
+            configured ones (``()``: none; ``None``: the configured ones).
     """
 
     prompt: str | None = None
@@ -132,6 +134,9 @@ class Request:
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_map)
     timeout: float | None = None
     id: str | None = None
+    fallback: tuple[str, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else _strings(v)
+    )
 
 
 @attrs.frozen(slots=True)

@@ -162,6 +162,9 @@ class BackendSettings:
         concurrency: Requests in flight to this backend at once.
         headers: Extra HTTP headers sent with every request.
         extra_body: Extra fields merged into every request body.
+        byok: Let a gateway caller's own key (``imageworks serve``, header
+            ``X-Upstream-Authorization``) replace ``api_key`` for that caller's
+            requests to this backend only.
     """
 
     base_url: str | None = None
@@ -174,6 +177,7 @@ class BackendSettings:
     concurrency: int = attrs.field(default=8, validator=AT_LEAST_ONE)
     headers: Mapping[str, str] = attrs.field(factory=dict)
     extra_body: Mapping[str, Any] = attrs.field(factory=dict)
+    byok: bool = False
 
 
 @attrs.frozen(slots=True)
