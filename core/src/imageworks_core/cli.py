@@ -192,7 +192,7 @@ def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
     config_file = getattr(args, "config_file", None)
-    return Client(overrides=_overrides(args), user_file=config_file or True)
+    return Client.from_config(overrides=_overrides(args), user_file=config_file or True, _flags_source="flag")
 
 
 def _err(message: str, hint: str | None = None) -> None:

@@ -10,6 +10,8 @@ loop.  Transports raise only ``BackendUnavailable`` / ``BackendTimeout`` /
 from __future__ import annotations
 
 import contextlib
+import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
@@ -75,6 +77,23 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+def ssl_context(trust_env: bool) -> ssl.SSLContext:
+    """The one TLS context both transports use, so they trust the same CAs.
+
+    ``trust_env=True``: OpenSSL's defaults, which honour ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR``.  ``False``: the system store compiled into OpenSSL, with
+    those variables ignored.
+    """
+    if trust_env:
+        return ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile is None and capath is None:  # pragma: no cover - an OpenSSL without a store
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
 def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
@@ -131,7 +150,7 @@ class _HttpxStream:
 class HttpxTransport:
     """httpx pool; the transport under trio and the fallback under asyncio."""
 
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, trust_env: bool = False) -> None:
         import httpx
 
         self._httpx = httpx
@@ -141,7 +160,8 @@ class HttpxTransport:
             limits=limits,
             timeout=None,  # noqa: S113
             follow_redirects=False,
-            trust_env=False,
+            trust_env=trust_env,  # HTTP(S)_PROXY / ALL_PROXY / NO_PROXY
+            verify=ssl_context(trust_env),
         )
 
     def _timeout(self, t: Timeouts) -> Any:
@@ -242,15 +262,21 @@ class _AiohttpStream:
 class AiohttpTransport:
     """aiohttp pool: the fast path under asyncio."""
 
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, trust_env: bool = False) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
         connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300
+            limit=max_connections,
+            limit_per_host=max_connections,
+            ttl_dns_cache=300,
+            ssl=ssl_context(trust_env),
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, trust_env=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=True,
+            trust_env=trust_env,  # HTTP(S)_PROXY / NO_PROXY, as httpx
+            skip_auto_headers=("User-Agent",),
         )
 
     def _timeout(self, t: Timeouts) -> Any:
@@ -309,8 +335,12 @@ class AiohttpTransport:
         await self._session.close()
 
 
-def open_transport(kind: str, *, max_connections: int) -> Transport:
+def open_transport(kind: str, *, max_connections: int, trust_env: bool = False) -> Transport:
     """A new pool: *kind* is ``auto``, ``httpx`` or ``aiohttp``.
+
+    *trust_env* lets it use the proxy (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``NO_PROXY``) and CA (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) variables; both
+    transports then behave the same.
 
     ``auto`` picks aiohttp under asyncio (when installed) and httpx otherwise.
     Must be called inside the running event loop.
@@ -330,5 +360,5 @@ def open_transport(kind: str, *, max_connections: int) -> Transport:
             else:
                 kind = "aiohttp"
     if kind == "aiohttp":
-        return AiohttpTransport(max_connections=max_connections)
-    return HttpxTransport(max_connections=max_connections)
+        return AiohttpTransport(max_connections=max_connections, trust_env=trust_env)
+    return HttpxTransport(max_connections=max_connections, trust_env=trust_env)
