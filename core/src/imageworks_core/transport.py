@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -102,8 +102,29 @@ def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
 # ---------------------------------------------------------------- httpx
 
 
-class _HttpxStream:
+class _Lines:
+    """Owns the line generators a stream response hands out, and closes them with it.
+
+    A consumer that stops early (``[DONE]``, a ``break``, a cancellation)
+    leaves its generator unfinished; the transport closes it when the response
+    closes, so no generator is left to the garbage collector (trio warns then).
+    """
+
+    def __init__(self) -> None:
+        self._open: list[AsyncGenerator[bytes, None]] = []
+
+    def track(self, gen: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        self._open.append(gen)
+        return gen
+
+    async def aclose(self) -> None:
+        while self._open:
+            await self._open.pop().aclose()
+
+
+class _HttpxStream(_Lines):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        super().__init__()
         self._resp = resp
         self._url = url
         self._shown = redact_url(url)
@@ -121,30 +142,64 @@ class _HttpxStream:
                 f"response from {self._shown} broke off: {exc}", url=self._url
             ) from exc
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[bytes]:
+        return self.track(self._lines())
+
+    async def _lines(self) -> AsyncGenerator[bytes, None]:
         import anyio
         import httpx
 
-        it = self._resp.aiter_lines().__aiter__()
-        while True:
-            try:
-                with anyio.fail_after(self._idle):
-                    line = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                raise BackendTimeout(
-                    f"stream from {self._shown} went silent for {self._idle}s", url=self._url
-                ) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(f"stream from {self._shown} timed out: {exc}", url=self._url) from exc
-            except httpx.HTTPError as exc:
-                raise BackendProtocolError(
-                    f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
-                    url=self._url,
-                    retryable=True,
-                ) from exc
-            yield line.encode()
+        it = self._resp.aiter_lines()
+        finished = False
+        try:
+            while True:
+                try:
+                    with anyio.fail_after(self._idle):
+                        line = await it.__anext__()
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                except TimeoutError as exc:
+                    finished = True
+                    raise BackendTimeout(
+                        f"stream from {self._shown} went silent for {self._idle}s", url=self._url
+                    ) from exc
+                except BaseException as exc:
+                    finished = True  # an error inside httpx ends its generators as it passes
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise BackendTimeout(
+                            f"stream from {self._shown} timed out: {exc}", url=self._url
+                        ) from exc
+                    if isinstance(exc, httpx.HTTPError):
+                        raise BackendProtocolError(
+                            f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
+                            url=self._url,
+                            retryable=True,
+                        ) from exc
+                    raise
+                yield line.encode()
+        finally:
+            if not finished:
+                await self._unwind(it)
+
+    async def _unwind(self, it: Any) -> None:
+        """Finish httpx's chain of generators (lines < text < bytes < raw < httpcore) after an early stop.
+
+        Closing the outermost one leaves the inner ones suspended for the
+        garbage collector.  Closing the response and reading on makes the
+        innermost raise, and the error ends each generator on its way out.
+        """
+        import anyio
+
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + 5.0
+            with contextlib.suppress(Exception):  # a broken response: the read below settles it
+                await self._resp.aclose()
+            for _ in range(100_000):  # lines already buffered come first; then the closed stream ends it
+                try:
+                    await it.__anext__()
+                except BaseException:
+                    break
 
 
 class HttpxTransport:
@@ -201,10 +256,14 @@ class HttpxTransport:
             ) from exc
         except httpx.HTTPError as exc:
             raise _unavailable(url, exc) from exc
+        stream = _HttpxStream(resp, url, timeouts.idle)
         try:
-            yield _HttpxStream(resp, url, timeouts.idle)
+            yield stream
         finally:
-            await resp.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                await resp.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -213,8 +272,9 @@ class HttpxTransport:
 # ---------------------------------------------------------------- aiohttp
 
 
-class _AiohttpStream:
+class _AiohttpStream(_Lines):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        super().__init__()
         self._resp = resp
         self._url = url
         self._shown = redact_url(url)
@@ -232,7 +292,10 @@ class _AiohttpStream:
                 f"response from {self._shown} broke off: {exc}", url=self._url
             ) from exc
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[bytes]:
+        return self.track(self._lines())
+
+    async def _lines(self) -> AsyncGenerator[bytes, None]:
         import asyncio
 
         import aiohttp
@@ -325,11 +388,15 @@ class AiohttpTransport:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(url, exc) from exc
+        stream = _AiohttpStream(resp, url, timeouts.idle)
         try:
-            yield _AiohttpStream(resp, url, timeouts.idle)
+            yield stream
         finally:
-            resp.release()
-            await cm.__aexit__(None, None, None)
+            try:
+                await stream.aclose()
+            finally:
+                resp.release()
+                await cm.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         await self._session.close()
