@@ -28,7 +28,7 @@ from .config import Config, check_values, load_config
 from .context import BackendContext
 from .errors import ConfigError, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
-from .models import BackendInfo, Chunk, HealthReport, Request, Result
+from .models import BackendInfo, Chunk, HealthReport, PreparedImage, Request, Result
 from .plugins import BackendRegistry, installed_backend_names
 from .settings import BackendSettings, RetrySettings, Secret, Settings
 from .transport import Timeouts, Transport, open_transport
@@ -414,10 +414,27 @@ class Client:
             self._dispatcher = Dispatcher(self)
         return self._dispatcher
 
+    async def _prepared(self, request: Request) -> Request:
+        """*request* with its paths and bytes prepared in worker threads (as ``map`` does)."""
+        if all(isinstance(i, PreparedImage) for i in request.images):
+            return request
+        from .images import aprepare_image
+
+        budget = self.settings.max_pixels
+        images = [
+            i if isinstance(i, PreparedImage) else await aprepare_image(i, max_pixels=budget)
+            for i in request.images
+        ]
+        return attrs.evolve(request, images=tuple(images))
+
     async def infer(self, request: Request) -> Result:
-        """Answer one request, with retries and fallback; raise the final error."""
-        result = await self.dispatcher.run_one(request)
+        """Answer one request, with retries and fallback; raise the final error.
+
+        The error raised carries ``attempts``: every try made, in order.
+        """
+        result = await self.dispatcher.run_one(await self._prepared(request))
         if result.error is not None:
+            result.error.attempts = tuple(result.attempts)
             raise result.error
         return result
 
@@ -427,7 +444,7 @@ class Client:
         Connection failures before the first chunk are retried and fall back
         like ``infer``; once text has been yielded, an error is raised as is.
         """
-        agen = self.dispatcher.stream_one(request)
+        agen = self.dispatcher.stream_one(await self._prepared(request))
         async with contextlib.aclosing(agen):  # an abandoned stream frees its slot at once
             async for chunk in agen:
                 yield chunk

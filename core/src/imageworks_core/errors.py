@@ -26,6 +26,7 @@ No secret ever reaches a message: callers pass URLs through ``redact_url``.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -69,10 +70,13 @@ class ImageWorksError(Exception):
         outage: The backend, not the request, failed: the backend goes into an
             outage (or a pause) and the request waits for it without using up
             its attempts.  Decided by the class.
+        attempts: The tries made (``Attempt``s, in order) when raised by
+            ``Client.infer``; empty otherwise.
     """
 
     retryable: bool = False
     outage: bool = False
+    attempts: tuple[Any, ...] = ()
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
