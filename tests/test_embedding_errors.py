@@ -1,0 +1,96 @@
+"""Embedding (issue 20): errors a host can catch, images as bytes, proxies under ``trust_env``."""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import anyio
+import pytest
+from PIL import Image
+
+from imageworks_core import BackendRejected, Client, InputError, Request
+
+pytestmark = pytest.mark.anyio
+CHAT = "/v1/chat/completions"
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), (10, 120, 200)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _client(base_url: str, **kwargs: Any) -> Client:
+    return Client(backend="openai", base_url=base_url, model="fake-vlm", trust_env=False, **kwargs)
+
+
+def test_request_images_refuse_other_types_at_construction() -> None:
+    with pytest.raises(InputError) as err:
+        Request(prompt="x", images=[{"url": "http://x/y.jpg"}])
+    assert "Request.images cannot hold a dict" in str(err.value) and err.value.hint
+    assert Request(images=b"\xff\xd8").images == (b"\xff\xd8",)  # one image, not a tuple of ints
+
+
+async def test_bytes_and_paths_in_request_images_are_prepared(faulty: Any, tmp_path: Any) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(_jpeg())
+    async with _client(faulty.v1, max_pixels=100_000) as client:
+        result = await client.infer(Request(prompt="id=b1", images=[_jpeg(), path]))
+        assert result.ok
+        chunks = [c async for c in client.stream(Request(prompt="id=b2", images=[_jpeg()]))]
+        assert "".join(c.text for c in chunks)
+        with pytest.raises(InputError):  # the caller's bad bytes are the caller's error, not a plugin's
+            await client.infer(Request(prompt="id=b3", images=[b"not an image"]))
+    assert {e["request_id"] for e in faulty.log(CHAT)} == {"b1", "b2"}
+
+
+async def test_errors_from_infer_carry_their_attempts(faulty: Any) -> None:
+    faulty.script([{"match": {"path": CHAT}, "fault": "status", "status": 422}])
+    async with _client(faulty.v1) as client:
+        with pytest.raises(BackendRejected) as err:
+            await client.infer(Request(prompt="id=a1"))
+    [attempt] = err.value.attempts
+    assert attempt.backend == "openai" and attempt.error_type == "BackendRejected"
+
+
+async def test_a_retried_try_is_not_a_warning(faulty: Any, caplog: pytest.LogCaptureFixture) -> None:
+    faulty.script([{"match": {"path": CHAT}, "fault": "status", "status": 500, "times": 1}])
+    caplog.set_level(logging.DEBUG, logger="imageworks")
+    async with _client(faulty.v1) as client:
+        result = await client.infer(Request(prompt="id=r1"))
+    assert result.ok and len(result.attempts) == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(r.name.startswith("imageworks.") for r in caplog.records)  # logged, lower
+
+
+def test_library_logger_has_a_null_handler() -> None:
+    import imageworks_core  # noqa: F401
+
+    assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("imageworks").handlers)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_trust_env_decides_whether_proxy_variables_apply(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch, transport: str, anyio_backend: str
+) -> None:
+    if transport == "aiohttp" and anyio_backend != "asyncio":
+        pytest.skip("aiohttp runs under asyncio only")
+    monkeypatch.setenv("HTTP_PROXY", faulty.base_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    unreachable = "http://imageworks-proxy-check.invalid/v1"  # resolvable only by the proxy
+    for trust in (True, False):
+        async with Client(backend="openai", base_url=unreachable, transport=transport, trust_env=trust) as c:
+            report = await c.health()
+        assert report.ready is trust, report
+    assert len(faulty.log("/v1/models")) == 1  # only the trusting client went through the proxy
+
+
+async def test_cancelled_infer_leaves_the_client_usable(faulty: Any) -> None:
+    faulty.script([{"match": {"request_id": "slow"}, "fault": "delay", "delay_s": 5}])
+    async with _client(faulty.v1) as client:
+        with anyio.move_on_after(0.2):
+            await client.infer(Request(prompt="id=slow"))
+        assert (await client.infer(Request(prompt="id=after"))).ok
