@@ -94,3 +94,36 @@ async def test_cancelled_infer_leaves_the_client_usable(faulty: Any) -> None:
         with anyio.move_on_after(0.2):
             await client.infer(Request(prompt="id=slow"))
         assert (await client.infer(Request(prompt="id=after"))).ok
+
+
+def test_the_documented_status_table_is_what_the_library_raises() -> None:
+    """docs/embedding.md's error table: each status named there maps to the class in its row."""
+    import re
+    from pathlib import Path
+
+    import imageworks_core
+    from imageworks_core.http import error_from_response
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "embedding.md").read_text()
+    checked = []
+    for row in page.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        name = re.match(r"`(\w+)`", cells[0]) if row.startswith("| `") else None
+        if name is None or name.group(1) not in imageworks_core.__all__ or len(cells) != 3:
+            continue
+        numbers = [int(n) for n in re.findall(r"\*\*(\d{3})\*\*", cells[1])]
+        if "every other 5xx" in cells[1]:
+            numbers += [505, 507, 599]
+        cls = getattr(imageworks_core, name.group(1))
+        if not (isinstance(cls, type) and issubclass(cls, imageworks_core.ImageWorksError)):
+            continue
+        if "**400**-**499**" in cells[1]:
+            numbers = [400, 401, 403, 404, 409, 413, 422, 499]
+        for code in numbers:
+            exc = error_from_response(
+                code, {}, b'{"error": {"message": "x"}}', backend="b", url="http://h/v1"
+            )
+            assert type(exc) is cls, (code, type(exc).__name__, cls.__name__)
+            assert exc.retryable is (cells[2] == "yes"), (code, cells[2])
+            checked.append(code)
+    assert {429, 500, 501, 502, 503, 504, 400, 422} <= set(checked)
