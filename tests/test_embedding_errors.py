@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from PIL import Image
 
@@ -127,3 +128,19 @@ def test_the_documented_status_table_is_what_the_library_raises() -> None:
             assert exc.retryable is (cells[2] == "yes"), (code, cells[2])
             checked.append(code)
     assert {429, 500, 501, 502, 503, 504, 400, 422} <= set(checked)
+
+
+async def test_hints_name_library_arguments_and_the_cli_shows_flags(tmp_path: Any) -> None:
+    from cli_helpers import run_cli
+    from servers._proc import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    async with Client(backend="openai", base_url=url, trust_env=False) as client:
+        report = await client.health()
+    assert not report.reachable and "Client(base_url=...)" in (report.hint or "")
+    assert "--vlm" not in (report.hint or "")
+    proc = await anyio.to_thread.run_sync(
+        lambda: run_cli(tmp_path, "health", "--vlm-backend", "openai", "--vlm-base-url", url)
+    )
+    shown = proc.stdout + proc.stderr
+    assert "--vlm-base-url URL" in shown and "Client(" not in shown, shown

@@ -349,7 +349,7 @@ class ItemRunner:
             f"{name} at {redact_url(ctx.base_url)} took longer than {total:g}s for one try",
             backend=name,
             url=ctx.base_url,
-            hint=f"raise backends.{name}.timeout (--vlm-timeout), or lower --max-tokens",
+            hint=f"raise backends.{name}.timeout (Client(timeout=...)), or lower Request(max_tokens=...)",
         )
 
     @staticmethod

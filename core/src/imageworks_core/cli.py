@@ -196,7 +196,10 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _err(message: str, hint: str | None = None) -> None:
+    from .hints import for_cli
+
     print(f"imageworks: {message}", file=sys.stderr)
+    hint = for_cli(hint)
     if hint:
         print(f"  {hint.replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
 

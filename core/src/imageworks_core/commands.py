@@ -17,6 +17,7 @@ import attrs
 from .client import Client
 from .dispatch import ungrouped
 from .errors import InputError
+from .hints import for_cli
 from .plugins import BackendRegistry
 from .serialize import to_json_dict
 
@@ -130,7 +131,7 @@ def health(args: argparse.Namespace, client: Client) -> int:
             if r.detail and not r.ready:
                 print(f"  {r.detail}")
             if r.hint and not r.ready:
-                print("  " + r.hint.replace("\n", "\n  "))
+                print("  " + (for_cli(r.hint) or "").replace("\n", "\n  "))
     return 0 if all(r.ready for r in reports) else 1
 
 

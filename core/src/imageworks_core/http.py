@@ -125,7 +125,7 @@ def error_from_response(
         return BackendOverloaded(
             text,
             retry_after=parse_retry_after(headers.get("retry-after")),
-            hint="the server is busy; lower --concurrency or raise the server's queue/batch size",
+            hint="the server is busy; lower Client(concurrency=...) or raise the server's queue/batch size",
             **kw,
         )
     if status in (401, 403):

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from .errors import ImageWorksError
+from .hints import for_cli
 from .models import Result
 
 __all__ = ["Summary"]
@@ -59,7 +60,7 @@ class Summary:
         else:
             image = result.id or "?"
             self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
-            hint = getattr(result.error, "hint", None)
+            hint = for_cli(getattr(result.error, "hint", None))
             if hint and hint not in self.hints:
                 self.hints.append(hint)
             if result.backend and result.attempts:  # input errors never reached a backend
