@@ -22,6 +22,7 @@ from imageworks_core.backends.openai import OpenAIBackend
 from imageworks_core.testing import FakeBackend
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("error::ResourceWarning")
 LAYERS = ["user", "project", "env", "code"]  # lowest first
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from imageworks_core import BackendRejected, Client, InputError, Request
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("error::ResourceWarning")]
 CHAT = "/v1/chat/completions"
 
 
