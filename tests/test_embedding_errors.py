@@ -144,3 +144,25 @@ async def test_hints_name_library_arguments_and_the_cli_shows_flags(tmp_path: An
     )
     shown = proc.stdout + proc.stderr
     assert "--vlm-base-url URL" in shown and "Client(" not in shown, shown
+
+
+async def test_fallback_with_every_backend_busy_is_overloaded_with_the_soonest_retry_after() -> None:
+    """A web app failing fast (``wait_for_backend=0``) can answer 503 + Retry-After."""
+    from imageworks_core import BackendOverloaded
+    from imageworks_core.testing import FakeBackend
+
+    first, second = FakeBackend("first"), FakeBackend("second")
+    first.always(BackendOverloaded("first is busy", retry_after=30, backend="first"))
+    second.always(BackendOverloaded("second is busy", retry_after=5, backend="second"))
+    async with Client(
+        plugins=[first, second],
+        backend="first",
+        fallback=["second"],
+        entry_points=False,
+        trust_env=False,
+        wait_for_backend=0,
+    ) as client:
+        with pytest.raises(BackendOverloaded) as err:
+            await client.infer(Request(prompt="x"))
+    assert err.value.retry_after == 5
+    assert {a.backend for a in err.value.attempts} == {"first", "second"}

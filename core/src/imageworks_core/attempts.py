@@ -390,6 +390,12 @@ class ItemRunner:
         downs = [e for _, e in failures if isinstance(e, BackendDown)]
         if downs and len(downs) == len(failures):
             return downs[0] if len(downs) == 1 else _joined(failures, BackendDown)
+        busy = [e for _, e in failures if isinstance(e, BackendOverloaded)]
+        if len(busy) == len(failures):  # every backend busy: 503 + the soonest Retry-After
+            joined = _joined(failures, BackendOverloaded, everyone_down=True)
+            waits = [e.retry_after for e in busy if e.retry_after is not None]
+            joined.retry_after = min(waits) if waits else None  # type: ignore[attr-defined]
+            return joined
         everyone_down = all(
             isinstance(e, BackendUnavailable) or (isinstance(e, BackendError) and e.retryable)
             for _, e in failures
