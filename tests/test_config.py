@@ -20,7 +20,7 @@ def _client(tmp_path: Path, **kwargs: Any) -> Client:
     kwargs.setdefault("plugins", [FakeBackend("vllm"), FakeBackend("lmdeploy"), OpenAIBackend()])
     kwargs.setdefault("entry_points", False)
     kwargs.setdefault("cwd", tmp_path)
-    return Client(**kwargs)
+    return Client.from_config(**kwargs)
 
 
 def _pyproject(tmp_path: Path, body: str) -> Path:
@@ -83,7 +83,7 @@ def test_every_layer_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert src["temperature"].startswith(str(project))
     assert src["max_pixels"] == "env IMAGEWORKS_MAX_PIXELS"
     assert src["concurrency"] == "env IMAGEWORKS_CONCURRENCY"
-    assert src["transport"] == "flag"
+    assert src["transport"] == "code"
     assert client.config.files == (user, project)
 
 

@@ -258,7 +258,8 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
 def test_sixteen_bit_grey_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))
     path = save(Image.fromarray(ramp), tmp_path / "grey16.png")
-    assert Image.open(path).mode.startswith("I")
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")
     im = decode(prepare_image(path))
     assert im.mode == "L"
     assert abs(grey_at(im, (128, 32)) - 128) <= 3  # mid-grey, not clipped to white

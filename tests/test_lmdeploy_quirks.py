@@ -221,7 +221,7 @@ def test_readme_documents_install_launch_lines_and_the_dummy_image_limitation() 
 def test_readme_config_snippet_is_valid_config(tmp_path: Path) -> None:
     snippet = README.read_text().split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "pyproject.toml").write_text(snippet)
-    settings = Client(cwd=tmp_path, user_file=False, allow=["lmdeploy"]).settings
+    settings = Client.from_config(cwd=tmp_path, user_file=False, allow=["lmdeploy"]).settings
     assert settings.backend == "lmdeploy"
     lm = settings.backends["lmdeploy"]
     assert isinstance(lm, LmdeploySettings)
@@ -781,7 +781,7 @@ def test_settings_from_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     monkeypatch.setenv("IMAGEWORKS_BACKENDS__LMDEPLOY__MIN_PIXELS", "3136")
     monkeypatch.setenv("IMAGEWORKS_BACKENDS__LMDEPLOY__SKIP_SPECIAL_TOKENS", "false")
-    client = Client(cwd=tmp_path, user_file=False, allow=["lmdeploy"])
+    client = Client.from_config(cwd=tmp_path, user_file=False, allow=["lmdeploy"])
     s = client.settings.backends["lmdeploy"]
     assert isinstance(s, LmdeploySettings)
     assert s.base_url == "http://localhost:23333"

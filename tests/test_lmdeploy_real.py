@@ -141,7 +141,7 @@ async def test_legacy_color_narrator_config_processes_images(hf_server: Any, tmp
         path.write_bytes(jpeg(colour, (320, 240)))
         paths.append(path)
 
-    client = Client(cwd=tmp_path, user_file=False)
+    client = Client.from_config(cwd=tmp_path, user_file=False)
     settings = client.settings
     assert settings.backend == "lmdeploy"
     assert settings.max_tokens == MAX_TOKENS

@@ -88,7 +88,7 @@ def test_explicit_values_win_over_the_preset(tmp_path: Path, monkeypatch: pytest
         '[tool.imageworks.backends.openai]\npreset = "openrouter"\napi_key_env = "MY_ROUTER_KEY"\n'
     )
     monkeypatch.setenv("IMAGEWORKS_BACKENDS__OPENAI__BASE_URL", "http://gpu-box:4000/api/v1/")
-    settings = Client(cwd=tmp_path, user_file=False, allow=["openai"]).settings.backends["openai"]
+    settings = Client.from_config(cwd=tmp_path, user_file=False, allow=["openai"]).settings.backends["openai"]
     assert settings.preset == "openrouter"
     assert settings.base_url == "http://gpu-box:4000/api/v1"
     assert settings.api_key_env == "MY_ROUTER_KEY"

@@ -65,7 +65,7 @@ async def test_key_in_config_file_is_redacted(tmp_path: Path, caplog: pytest.Log
         f'[tool.imageworks.color_narrator]\nvlm_backend = "openai"\nvlm_api_key = "{KEY}"\n'
         'vlm_base_url = "http://127.0.0.1:9"\n'
     )
-    client = Client(cwd=tmp_path, user_file=False)
+    client = Client.from_config(cwd=tmp_path, user_file=False)
     assert isinstance(client.settings.backends["openai"].api_key, Secret)
     rows = client.config.rows()
     assert ("backends.openai.api_key", "***") in [(k, v) for k, v, _ in rows]
@@ -102,5 +102,5 @@ def test_bad_key_type_error_does_not_echo_it(tmp_path: Path) -> None:
 
     (tmp_path / "pyproject.toml").write_text("[tool.imageworks.backends.openai]\napi_key = 12345678\n")
     with pytest.raises(ConfigError) as err:
-        Client(cwd=tmp_path, user_file=False).config  # noqa: B018
+        Client.from_config(cwd=tmp_path, user_file=False).config  # noqa: B018
     assert "12345678" not in str(err.value)

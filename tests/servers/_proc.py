@@ -63,7 +63,7 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
-        self._logfile = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
+        self._logfile = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in __exit__)
             prefix=f"imageworks-{name}-", suffix=".log", delete=False
         )
 
@@ -123,6 +123,7 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self._logfile.close()  # the log stays on disk; the handle would be a ResourceWarning
 
 
 def python_argv(module_path: str | os.PathLike[str], *args: str) -> list[str]:

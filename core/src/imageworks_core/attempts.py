@@ -379,7 +379,7 @@ class ItemRunner:
             f"{name} at {redact_url(ctx.base_url)} took longer than {total:g}s for one try",
             backend=name,
             url=ctx.base_url,
-            hint=f"raise backends.{name}.timeout (--vlm-timeout), or lower --max-tokens",
+            hint=f"raise backends.{name}.timeout (Client(timeout=...)), or lower Request(max_tokens=...)",
         )
 
     @staticmethod
@@ -421,6 +421,12 @@ class ItemRunner:
         downs = [e for _, e in failures if isinstance(e, BackendDown)]
         if downs and len(downs) == len(failures):
             return downs[0] if len(downs) == 1 else _joined(failures, BackendDown)
+        busy = [e for _, e in failures if isinstance(e, BackendOverloaded)]
+        if len(busy) == len(failures):  # every backend busy: 503 + the soonest Retry-After
+            joined = _joined(failures, BackendOverloaded, everyone_down=True)
+            waits = [e.retry_after for e in busy if e.retry_after is not None]
+            joined.retry_after = min(waits) if waits else None  # type: ignore[attr-defined]
+            return joined
         everyone_down = all(
             isinstance(e, BackendUnavailable) or (isinstance(e, BackendError) and e.retryable)
             for _, e in failures

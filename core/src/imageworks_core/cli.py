@@ -213,14 +213,16 @@ def _client(args: argparse.Namespace) -> Any:
     from .client import Client
 
     config_file = getattr(args, "config_file", None)
-    return Client(overrides=_overrides(args), user_file=config_file or True)
+    return Client.from_config(overrides=_overrides(args), user_file=config_file or True, _flags_source="flag")
 
 
 def _err(message: str, hint: str | None = None) -> None:
+    from .hints import for_cli
     from .redact import scrub
     from .terminal import terminal_safe
 
     print(f"imageworks: {terminal_safe(scrub(message), one_line=True)}", file=sys.stderr)
+    hint = for_cli(hint)
     if hint:
         print(f"  {terminal_safe(scrub(hint)).replace(chr(10), chr(10) + '  ')}", file=sys.stderr)
 

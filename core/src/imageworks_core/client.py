@@ -20,89 +20,249 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
-from .config import Config, load_config
+from .config import Config, check_values, load_config
 from .context import BackendContext
 from .errors import BackendRejected, ConfigError, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
-from .models import BackendInfo, Chunk, HealthReport, Request, Result
-from .plugins import BackendRegistry
+from .models import BackendInfo, Chunk, HealthReport, PreparedImage, Request, Result
+from .plugins import BackendRegistry, installed_backend_names
 from .redact import is_sensitive_header, register_secret, url_secrets
-from .settings import Secret, Settings, split_base_urls
+from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 from .transport import Timeouts, Transport, open_transport
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
 
-__all__ = ["Client"]
+__all__ = ["Client", "ClientArgs"]
 
 log = logging.getLogger("imageworks.client")
+
+
+class ClientArgs(TypedDict, total=False):
+    """The keyword arguments ``Client`` and ``Client.from_config`` share (for type checkers)."""
+
+    backend: str | None
+    base_url: str | None
+    model: str | None
+    api_key: str | Secret | None
+    timeout: float | None
+    concurrency: int | None
+    fallback: Iterable[str] | None
+    max_tokens: int | None
+    temperature: float | None
+    max_pixels: int | None
+    wait_for_backend: float | None
+    transport: Literal["auto", "httpx", "aiohttp"] | None
+    retry: RetrySettings | None
+    backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None
+    overrides: Mapping[str, Any] | None
+    settings: Settings | None
+    trust_env: bool
+    env: Mapping[str, str] | None
+    plugins: Iterable[Any]
+    entry_points: bool
+    strict_plugins: bool | None
+    allow: Iterable[str] | None
+    deny: Iterable[str] | None
+
+
+def code_flags(
+    overrides: Mapping[str, Any] | None,
+    *,
+    selected: Mapping[str, Any],
+    backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None,
+    retry: RetrySettings | None,
+    fallback: Iterable[str] | None,
+    source: str,
+    **top: Any,
+) -> dict[str, Any]:
+    """The highest config layer from ``Client``'s arguments, each value checked now."""
+    flags: dict[str, Any] = {
+        k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (overrides or {}).items()
+    }
+    where = f"Client(...) ({source})"
+    given = {k: v for k, v in top.items() if v is not None}
+    if fallback is not None:
+        given["fallback"] = (fallback,) if isinstance(fallback, str) else tuple(fallback)
+    check_values(Settings, given, where)
+    flags.update(given)
+    if retry is not None:
+        if not isinstance(retry, RetrySettings):
+            raise ConfigError(f"retry must be a RetrySettings, not {type(retry).__name__}", source=where)
+        flags["retry"] = {**(flags.get("retry") or {}), **attrs.asdict(retry)}
+    chosen = {k: v for k, v in selected.items() if v is not None}
+    if chosen:
+        check_values(BackendSettings, chosen, where, prefix="backends.<backend>.")
+        flags["selected"] = {**(flags.get("selected") or {}), **chosen}
+    if backends:
+        merged = {k: dict(v) for k, v in (flags.get("backends") or {}).items()}
+        for name, value in backends.items():
+            if isinstance(value, BackendSettings):
+                fields = {f.name: getattr(value, f.name) for f in attrs.fields(type(value))}
+            elif isinstance(value, Mapping):
+                fields = dict(value)
+            else:
+                raise ConfigError(
+                    f"backends[{name!r}] must be a BackendSettings or a mapping, not {type(value).__name__}",
+                    source=where,
+                )
+            merged[name] = {**merged.get(name, {}), **fields}
+        flags["backends"] = merged
+    return flags
 
 
 class Client:
     """An ImageWorks client: configuration, backends and connection pools.
 
+    ``Client(...)`` is configured by its arguments and reads no file; with
+    ``trust_env=True`` (the default, as httpx and the openai SDK) it also reads
+    the ``IMAGEWORKS_*`` variables and the proxy / CA variables.  Values given
+    here beat every ambient value, whatever their specificity.
+    ``Client.from_config(...)`` adds the files the ``imageworks`` command reads.
+
     Args:
-        backend: Backend for requests that name none (overrides config).
-        fallback: Backends to try in order when the first is down.
-        overrides: Highest-precedence config values, same shape as the TOML
+        backend: Backend for requests that name none.
+        base_url: The server of that backend (``backends.<backend>.base_url``).
+        model: Its model (``backends.<backend>.model``).
+        api_key: Its API key (kept in a ``Secret``, never printed).
+        timeout: Longest time one try may take, seconds (``backends.<backend>.timeout``).
+        concurrency: Requests in flight to that backend at once.
+        fallback: Backends to try in order when the first is down or busy.
+        max_tokens: Generation cap for requests that set none.
+        temperature: Sampling temperature for requests that set none.
+        max_pixels: Pixel budget images are downscaled to.
+        wait_for_backend: Longest wait, seconds, for a backend that went down.
+        transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``.
+        retry: The retry policy (every field of it counts as set here).
+        backends: Settings per backend name: a ``BackendSettings`` (every field
+            set) or a mapping of the keys to set.
+        overrides: Any other values, in the shape of the TOML
             (``{"max_tokens": 300, "backends": {"vllm": {"model": "..."}}}``),
-            plus ``selected`` for keys of the effective backend.
-        settings: A complete ``Settings``; skips every config file and env var.
-        cwd: Where to look upward for ``pyproject.toml``.
-        env: Environment to read (default ``os.environ``).
-        user_file: ``True`` (default location), a path, or ``False``.
-        project_file: Read the nearest ``pyproject.toml``.
+            plus ``selected`` for keys of the effective backend.  Arguments
+            above beat the same key here.
+        settings: A complete ``Settings``: used as is, nothing else is read.
+        trust_env: Read ``IMAGEWORKS_*`` variables (settings, allow/deny/strict
+            plugin lists, ``IMAGEWORKS_CONFIG_FILE``) and let the transport use
+            ``HTTP(S)_PROXY`` / ``NO_PROXY`` / ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``.
+            ``False`` ignores every one of them.
+        env: The environment to read instead of ``os.environ`` (settings,
+            plugin lists, ``api_key_env``).
         plugins: In-process backend plugins to register (tests, embedding).
         entry_points: Discover installed backends (default ``True``).
         strict_plugins: Fail on any broken plugin (default: env ``IMAGEWORKS_STRICT_PLUGINS``).
         allow: Only these backend names (default: env ``IMAGEWORKS_BACKENDS_ALLOW``).
         deny: Never these backend names (default: env ``IMAGEWORKS_BACKENDS_DENY``).
+        user_file: Read a user config file: ``True`` (the default location), a
+            path; ``False`` (default) reads none.  Prefer ``from_config``.
+        project_file: Read the nearest ``pyproject.toml`` (default ``False``).
+        cwd: Where to look upward for ``pyproject.toml``.
+
+    Raises:
+        ConfigError: A value given here is out of range or of the wrong type.
     """
 
     def __init__(
         self,
         *,
         backend: str | None = None,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | Secret | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
         fallback: Iterable[str] | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        max_pixels: int | None = None,
+        wait_for_backend: float | None = None,
+        transport: Literal["auto", "httpx", "aiohttp"] | None = None,
+        retry: RetrySettings | None = None,
+        backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None = None,
         overrides: Mapping[str, Any] | None = None,
         settings: Settings | None = None,
-        cwd: str | os.PathLike[str] | None = None,
+        trust_env: bool = True,
         env: Mapping[str, str] | None = None,
-        user_file: str | os.PathLike[str] | bool = True,
-        project_file: bool = True,
         plugins: Iterable[Any] = (),
         entry_points: bool = True,
         strict_plugins: bool | None = None,
         allow: Iterable[str] | None = None,
         deny: Iterable[str] | None = None,
+        user_file: str | os.PathLike[str] | bool = False,
+        project_file: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        _flags_source: str = "code",
     ) -> None:
+        ambient: Mapping[str, str] = (os.environ if env is None else env) if trust_env else {}
+        self.trust_env = trust_env
         self.registry = BackendRegistry(
-            strict=strict_plugins, allow=allow, deny=deny, entry_points=entry_points
+            strict=strict_plugins, allow=allow, deny=deny, entry_points=entry_points, env=ambient
         )
         for plugin in plugins:
             self.registry.register(plugin)
-        flags = dict(overrides or {})
-        if backend is not None:
-            flags["backend"] = backend
-        if fallback is not None:
-            flags["fallback"] = tuple(fallback)
+        flags = code_flags(
+            overrides,
+            backend=backend,
+            fallback=fallback,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            max_pixels=max_pixels,
+            wait_for_backend=wait_for_backend,
+            transport=transport,
+            retry=retry,
+            backends=backends,
+            selected={
+                "base_url": base_url,
+                "model": model,
+                "api_key": api_key,
+                "timeout": timeout,
+                "concurrency": concurrency,
+            },
+            source=_flags_source,
+        )
         self._flags = flags
         self._settings_given = settings
         self._load = functools.partial(
-            load_config, cwd=cwd, env=env, user_file=user_file, project_file=project_file
+            load_config,
+            cwd=cwd,
+            env=ambient,
+            user_file=user_file,
+            project_file=project_file,
+            flags_source=_flags_source,
         )
-        self._env = os.environ if env is None else env
+        self._env = os.environ if env is None else env  # api_key_env names a variable on purpose
         self._config: Config | None = None
         self._contexts: dict[str, list[BackendContext]] = {}
         self._retired: list[BackendContext] = []
         self._pools: dict[tuple[str, str, int], Transport] = {}
         self._dispatcher: Dispatcher | None = None
         self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        user_file: str | os.PathLike[str] | bool = True,
+        project_file: bool = True,
+        _flags_source: str = "code",
+        **kwargs: Unpack[ClientArgs],
+    ) -> Client:
+        """A client configured as the ``imageworks`` command is.
+
+        Layers, lowest first: defaults < the user file (``IMAGEWORKS_CONFIG_FILE``
+        or ``<user config dir>/imageworks/config.toml``) < the nearest
+        ``pyproject.toml`` with ``[tool.imageworks]`` (upward from *cwd*) <
+        ``IMAGEWORKS_*`` variables < the arguments (the same as ``Client``'s).
+        ``client.settings_sources()`` says where each value came from.
+        """
+        return cls(
+            cwd=cwd, user_file=user_file, project_file=project_file, _flags_source=_flags_source, **kwargs
+        )
 
     # ------------------------------------------------------------ configuration
 
@@ -122,8 +282,9 @@ class Client:
             if self._settings_given is not None:
                 self._config = Config(settings=self._complete(self._settings_given, classes), sources={})
             else:
+                excluded = [n for n in installed_backend_names() if self.registry._excluded(n)]
                 self._config = self._load(
-                    settings_classes=classes, flags=self._flags, unavailable=unavailable
+                    settings_classes=classes, flags=self._flags, unavailable=unavailable, excluded=excluded
                 )
         return self._config
 
@@ -153,6 +314,17 @@ class Client:
     @property
     def settings(self) -> Settings:
         return self.config.settings
+
+    def settings_sources(self) -> dict[str, str]:
+        """Every setting's dotted key -> where its value came from.
+
+        ``default``, a file (``/path/pyproject.toml [tool.imageworks]``),
+        ``env IMAGEWORKS_X``, ``code`` (this client's arguments) or ``flag``
+        (the command line).  Log it to show where a value came from.
+        """
+        if self._settings_given is not None:
+            return {key: "code" for key, _, _ in self.config.rows()}
+        return {key: source for key, _, source in self.config.rows()}
 
     def backend_order(self, backend: str | None = None) -> list[str]:
         """The primary backend, then the fallbacks, without repeats."""
@@ -210,7 +382,10 @@ class Client:
         return self.registry.get(name).info
 
     def concurrency(self, name: str) -> int:
-        return self.settings.concurrency or self.settings.backend_settings(name).concurrency
+        """Requests in flight to backend *name* at once."""
+        if self._settings_given is not None:  # one layer: the top-level value overrides
+            return self.settings.concurrency or self.settings.backend_settings(name).concurrency
+        return self.settings.backend_settings(name).concurrency  # layered by load_config
 
     def api_key(self, name: str) -> Secret | None:
         bs = self.settings.backend_settings(name)
@@ -270,7 +445,9 @@ class Client:
         pool = self._pools.get(key)
         if pool is None:
             size = max(concurrency, *(self.concurrency(n) for n in self.registry.backends), 1) + 4
-            pool = self._pools[key] = open_transport(self.settings.transport, max_connections=size)
+            pool = self._pools[key] = open_transport(
+                self.settings.transport, max_connections=size, trust_env=self.trust_env
+            )
         return pool
 
     # ------------------------------------------------------------ calls
@@ -283,10 +460,27 @@ class Client:
             self._dispatcher = Dispatcher(self)
         return self._dispatcher
 
+    async def _prepared(self, request: Request) -> Request:
+        """*request* with its paths and bytes prepared in worker threads (as ``map`` does)."""
+        if all(isinstance(i, PreparedImage) for i in request.images):
+            return request
+        from .images import aprepare_image
+
+        budget = self.settings.max_pixels
+        images = [
+            i if isinstance(i, PreparedImage) else await aprepare_image(i, max_pixels=budget)
+            for i in request.images
+        ]
+        return attrs.evolve(request, images=tuple(images))
+
     async def infer(self, request: Request) -> Result:
-        """Answer one request, with retries and fallback; raise the final error."""
-        result = await self.dispatcher.run_one(request)
+        """Answer one request, with retries and fallback; raise the final error.
+
+        The error raised carries ``attempts``: every try made, in order.
+        """
+        result = await self.dispatcher.run_one(await self._prepared(request))
         if result.error is not None:
+            result.error.attempts = tuple(result.attempts)
             raise result.error
         return result
 
@@ -296,7 +490,7 @@ class Client:
         Connection failures before the first chunk are retried and fall back
         like ``infer``; once text has been yielded, an error is raised as is.
         """
-        agen = self.dispatcher.stream_one(request)
+        agen = self.dispatcher.stream_one(await self._prepared(request))
         async with contextlib.aclosing(agen):  # an abandoned stream frees its slot at once
             async for chunk in agen:
                 yield chunk

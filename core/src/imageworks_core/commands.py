@@ -17,6 +17,7 @@ import attrs
 from .client import Client
 from .dispatch import ungrouped
 from .errors import InputError
+from .hints import for_cli
 from .outputs._common import dumps_json
 from .plugins import BackendRegistry
 from .redact import scrub, scrub_data
@@ -135,7 +136,7 @@ def health(args: argparse.Namespace, client: Client) -> int:
             if r.detail and not r.ready:
                 _say(f"  {r.detail}")
             if r.hint and not r.ready:
-                _say("  " + r.hint.replace("\n", "\n  "))
+                _say("  " + (for_cli(r.hint) or "").replace("\n", "\n  "))
     return 0 if all(r.ready for r in reports) else 1
 
 

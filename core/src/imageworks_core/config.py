@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .redact import is_sensitive_header, redact_headers, redact_url, register_secret, scrub, url_secrets
 from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 
-__all__ = ["Config", "load_config", "tool_sections", "user_config_path"]
+__all__ = ["Config", "check_values", "load_config", "tool_sections", "user_config_path"]
 
 log = logging.getLogger("imageworks.config")
 
@@ -44,9 +44,10 @@ _LEGACY_SELECTED = {
 _SELECTED_KEYS = {"base_url", "model", "timeout", "api_key", "api_key_env", "concurrency"}
 
 
-def user_config_path() -> Path:
-    """``$IMAGEWORKS_CONFIG_FILE`` or ``<platformdirs user config dir>/imageworks/config.toml``."""
-    override = os.environ.get("IMAGEWORKS_CONFIG_FILE")
+def user_config_path(env: Mapping[str, str] | None = None) -> Path:
+    """``$IMAGEWORKS_CONFIG_FILE`` (read from *env*, default ``os.environ``) or
+    ``<platformdirs user config dir>/imageworks/config.toml``."""
+    override = (os.environ if env is None else env).get("IMAGEWORKS_CONFIG_FILE")
     if override:
         return Path(override)
     import platformdirs
@@ -270,6 +271,8 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str, from_env: bool) -> An
             return None
         return _coerce(value, args[0], key=key, source=source, from_env=from_env)
     if tp is Secret:
+        if isinstance(value, Secret):
+            return value
         if not isinstance(value, str):
             raise bad()
         return Secret(value)
@@ -348,6 +351,16 @@ def _build(cls: type, values: Mapping[str, tuple[Any, str, bool]], prefix: str) 
         raise ConfigError(f"invalid settings for {prefix.rstrip('.') or 'imageworks'}: {exc}") from None
 
 
+def check_values(cls: type, values: Mapping[str, Any], source: str, prefix: str = "") -> None:
+    """Raise ``ConfigError`` now for a value given in code that *cls* would refuse."""
+    _build(cls, {k: (v, source, False) for k, v in values.items()}, prefix)
+    transport = values.get("transport") if cls is Settings else None
+    if transport is not None and transport not in ("auto", "httpx", "aiohttp"):
+        raise ConfigError(
+            f"transport must be auto, httpx or aiohttp, got {transport!r}", source=source, key="transport"
+        )
+
+
 # ------------------------------------------------------------------ load
 
 
@@ -360,6 +373,8 @@ def load_config(
     user_file: str | os.PathLike[str] | bool | None = True,
     project_file: bool = True,
     unavailable: Iterable[str] = (),
+    excluded: Iterable[str] = (),
+    flags_source: str = "flag",
 ) -> Config:
     """Resolve the configuration.
 
@@ -373,13 +388,21 @@ def load_config(
         user_file: ``True`` for the default user file, a path, or ``False``/``None`` for none.
         project_file: Read the nearest ``pyproject.toml``.
         unavailable: Backends installed but broken: their sections are kept, not validated.
+        excluded: Backends left out by the allow/deny lists (named as such in errors).
+        flags_source: How the *flags* layer is named in ``sources`` (``flag``
+            for the CLI, ``code`` for ``Client`` arguments).
+
+    A value in a higher layer always wins, whatever its specificity: the
+    top-level ``concurrency`` of a layer applies to every backend, after that
+    layer's own ``[backends.*]`` keys, so a per-backend ``concurrency`` set in
+    a higher layer (code, say) still beats it.
     """
     env = os.environ if env is None else env
     names = set(settings_classes)
     layers: list[_Layer] = []
     files: list[Path] = []
     if user_file:
-        path = user_config_path() if user_file is True else Path(user_file)
+        path = user_config_path(env) if user_file is True else Path(user_file)
         if path.is_file():
             files.append(path)
             layers += _file_layers(path, _read_toml(path), str(path), names)
@@ -391,8 +414,8 @@ def load_config(
     layers += _env_layers(env, names)
     if flags:
         f = dict(flags)
-        layers.append(_Layer(source="flag", values=f, selected=dict(f.pop("selected", None) or {})))
-    return _resolve(layers, settings_classes, set(unavailable), tuple(files))
+        layers.append(_Layer(source=flags_source, values=f, selected=dict(f.pop("selected", None) or {})))
+    return _resolve(layers, settings_classes, set(unavailable), tuple(files), set(excluded))
 
 
 def tool_sections(
@@ -424,6 +447,7 @@ def _resolve(
     classes: Mapping[str, type[BackendSettings]],
     unavailable: set[str],
     files: tuple[Path, ...],
+    excluded: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> Config:
     top: dict[str, tuple[Any, str, bool]] = {}
     retry: dict[str, tuple[Any, str, bool]] = {}
@@ -469,6 +493,12 @@ def _resolve(
                 )
             for k, v in section.items():
                 put(backends.setdefault(name, {}), k, v, layer)
+        # the layer's top-level concurrency covers every backend, so a higher layer's
+        # per-backend value still beats it (code > env > files, whatever the specificity)
+        every = layer.values.get("concurrency")
+        if every is not None and not (layer.from_env and isinstance(every, tuple) and every[0] == ""):
+            for name in classes:
+                put(backends.setdefault(name, {}), "concurrency", every, layer)
 
     sources = {k: v[1] for k, v in top.items()}
     sources.update({f"retry.{k}": v[1] for k, v in retry.items()})
@@ -506,18 +536,30 @@ def _resolve(
                     str(exc), source=sources.get(f"backends.{name}.base_url"), key=f"backends.{name}.base_url"
                 ) from None
     settings = attrs.evolve(settings, retry=_build(RetrySettings, retry, "retry."), backends=built)
-    _check_names(settings, classes, unavailable, sources)
+    _check_names(settings, classes, unavailable, sources, excluded)
     return Config(settings=settings, sources=sources, files=files)
 
 
 def _check_names(
-    settings: Settings, classes: Mapping[str, Any], unavailable: set[str], sources: Mapping[str, str]
+    settings: Settings,
+    classes: Mapping[str, Any],
+    unavailable: set[str],
+    sources: Mapping[str, str],
+    excluded: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     installed = ", ".join(sorted(classes)) or "none"
     for key, names in (("backend", (settings.backend,)), ("fallback", settings.fallback)):
         for name in names:
             if name in classes or name == "auto" or key not in sources:
                 continue  # the built-in default may be absent: that fails when used, not here
+            if name in excluded:
+                raise ConfigError(
+                    f"backend {name!r} is excluded by the allow/deny lists",
+                    source=sources.get(key, "default"),
+                    key=key,
+                    hint="remove it from IMAGEWORKS_BACKENDS_DENY (or Client(deny=...)), "
+                    "add it to the allow list, or choose another backend",
+                )
             why = (
                 "is installed but failed to load (see `imageworks backends`)"
                 if name in unavailable

@@ -67,7 +67,7 @@ class BackendContext:
         """How to start this backend's server (for "cannot connect" messages)."""
         lines = [f"start the {self.name} server at {redact_url(self.base_url)}, e.g.:"]
         lines += [f"    {h}" for h in self.info.launch_hints]
-        lines.append(f"  or point imageworks elsewhere: --vlm-base-url URL / backends.{self.name}.base_url")
+        lines.append(f"  or point imageworks elsewhere: Client(base_url=...) / backends.{self.name}.base_url")
         return "\n".join(lines) if self.info.launch_hints else lines[-1].strip()
 
     def settings_as(self, cls: type[S]) -> S:

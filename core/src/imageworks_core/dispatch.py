@@ -240,9 +240,10 @@ class Dispatcher:
             await send.send((seq, result))
 
         async def produce() -> None:
-            async with send, anyio.create_task_group() as workers:
+            pending = _aiter(items)  # closed here, not left to the garbage collector (trio warns)
+            async with send, contextlib.aclosing(pending), anyio.create_task_group() as workers:
                 seq = 0
-                async for item in _aiter(items):
+                async for item in pending:
                     await window.acquire()
                     workers.start_soon(one, seq, item)
                     seq += 1
@@ -387,7 +388,7 @@ def _identity(item: Any, seq: int) -> str:
     return f"#{seq}"
 
 
-async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
     if isinstance(items, AsyncIterable):
         async for x in items:
             yield x

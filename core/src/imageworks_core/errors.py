@@ -28,6 +28,8 @@ every message and hint is scrubbed of the secrets the process has sent
 
 from __future__ import annotations
 
+from typing import Any
+
 from .redact import redact_url, scrub
 
 __all__ = [
@@ -58,10 +60,13 @@ class ImageWorksError(Exception):
         outage: The backend, not the request, failed: the backend goes into an
             outage (or a pause) and the request waits for it without using up
             its attempts.  Decided by the class.
+        attempts: The tries made (``Attempt``s, in order) when raised by
+            ``Client.infer``; empty otherwise.
     """
 
     retryable: bool = False
     outage: bool = False
+    attempts: tuple[Any, ...] = ()
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         message, hint = scrub(message), (None if hint is None else scrub(hint))

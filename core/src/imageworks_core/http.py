@@ -133,7 +133,7 @@ def error_from_response(
         return BackendOverloaded(
             text,
             retry_after=parse_retry_after(headers.get("retry-after")),
-            hint="the server is busy; lower --concurrency or raise the server's queue/batch size",
+            hint="the server is busy; lower Client(concurrency=...) or raise the server's queue/batch size",
             **kw,
         )
     if status in (401, 403):
@@ -342,25 +342,58 @@ class HttpClient:
             raise enriched from exc.__cause__
 
 
-async def iter_sse_data(resp: StreamResponse, *, backend: str, url: str) -> AsyncIterator[Any]:
-    """Decoded JSON payloads of an SSE stream's ``data:`` events; stops at ``[DONE]`` or end of body."""
-    buf: list[bytes] = []
-    async for line in resp.lines():
-        if line.startswith(b"data:"):
-            buf.append(line[5:].lstrip(b" "))
-            continue
-        if line and not line.startswith(b":") and b":" in line:
-            continue  # event:, id:, retry: fields
-        if not line and buf:
+def iter_sse_data(resp: StreamResponse, *, backend: str, url: str) -> AsyncIterator[Any]:
+    """Decoded JSON payloads of an SSE stream's ``data:`` events; stops at ``[DONE]`` or end of body.
+
+    A plain iterator, not an async generator: a consumer that stops early
+    leaves nothing unfinished behind (the response closes its line reader).
+    """
+    return _SSEData(resp, backend=backend, url=url)
+
+
+class _SSEData:
+    def __init__(self, resp: StreamResponse, *, backend: str, url: str) -> None:
+        self._lines = resp.lines()
+        self._backend = backend
+        self._url = url
+        self._buf: list[bytes] = []
+        self._done = False
+
+    def __aiter__(self) -> _SSEData:
+        return self
+
+    async def _finish(self) -> None:
+        self._done = True
+        aclose = getattr(self._lines, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __anext__(self) -> Any:
+        buf = self._buf
+        while not self._done:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                break
+            if line.startswith(b"data:"):
+                buf.append(line[5:].lstrip(b" "))
+                continue
+            if line and not line.startswith(b":") and b":" in line:
+                continue  # event:, id:, retry: fields
+            if not line and buf:
+                payload = b"\n".join(buf)
+                buf.clear()
+                if payload.strip() == b"[DONE]":
+                    await self._finish()
+                    raise StopAsyncIteration
+                return _sse_json(payload, backend=self._backend, url=self._url)
+        if buf:
             payload = b"\n".join(buf)
             buf.clear()
-            if payload.strip() == b"[DONE]":
-                return
-            yield _sse_json(payload, backend=backend, url=url)
-    if buf:
-        payload = b"\n".join(buf)
-        if payload.strip() != b"[DONE]":
-            yield _sse_json(payload, backend=backend, url=url)
+            if payload.strip() != b"[DONE]":
+                return _sse_json(payload, backend=self._backend, url=self._url)
+        raise StopAsyncIteration
 
 
 def _sse_json(payload: bytes, *, backend: str, url: str) -> Any:

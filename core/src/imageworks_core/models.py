@@ -7,12 +7,13 @@ into JSON and back.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from .errors import ImageWorksError
+from .errors import ImageWorksError, InputError
 
 __all__ = [
     "Attempt",
@@ -28,8 +29,17 @@ __all__ = [
 
 
 def _images(value: Iterable[Any]) -> tuple[PreparedImage, ...]:
-    # paths and bytes are allowed too: Client.map prepares them in worker threads
-    return tuple(value)
+    # paths and bytes are allowed too: the client prepares them in worker threads
+    if isinstance(value, PreparedImage | str | bytes | bytearray | os.PathLike):
+        value = (value,)
+    items = tuple(value)
+    for item in items:
+        if not isinstance(item, PreparedImage | str | bytes | bytearray | os.PathLike):
+            raise InputError(
+                f"Request.images cannot hold a {type(item).__name__}",
+                hint="pass image paths, encoded image bytes, or PreparedImage (from aprepare_image)",
+            )
+    return items  # paths and bytes stay as they are until the client prepares them
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -103,7 +113,10 @@ class Request:
 
     Attributes:
         prompt: The user text.  Ignored when ``messages`` is given.
-        images: Images to send with the prompt.
+        images: Images to send with the prompt: ``PreparedImage``s, or paths and
+            encoded bytes, which the client prepares in a worker thread
+            (``max_pixels``) before the request is sent.  Anything else is an
+            ``InputError`` here.
         messages: Full OpenAI-style chat messages (advanced); images in them
             must already be ``data:`` URLs.
         system: An optional system prompt.

@@ -189,7 +189,7 @@ class OpenAICompatBackend(BackendBase):
         raise BackendRejected(
             f"{ctx.name} at {redact_url(ctx.base_url)} serves several models: " + ", ".join(ids),
             backend=ctx.name,
-            hint=f'choose one: --vlm-model NAME or backends.{ctx.name}.model = "{ids[0]}"',
+            hint=f'choose one: Client(model=...) or backends.{ctx.name}.model = "{ids[0]}"',
         )
 
     def image_part(self, ctx: BackendContext, image: PreparedImage) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -30,15 +30,15 @@ ENTRY_POINT_GROUP = "imageworks.backends"
 _REQUIRED = {"backend_info": "sync", "health": "coroutine", "infer": "coroutine", "stream": "asyncgen"}
 
 
-def _env_list(name: str) -> tuple[str, ...] | None:
-    value = os.environ.get(name)
+def _env_list(name: str, env: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    value = (os.environ if env is None else env).get(name)
     if value is None:
         return None
     return tuple(x.strip() for x in value.split(",") if x.strip())
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _env_flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    return (os.environ if env is None else env).get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def installed_backend_names() -> list[str]:
@@ -128,6 +128,8 @@ class BackendRegistry:
         allow: Only these backend names (env ``IMAGEWORKS_BACKENDS_ALLOW=a,b``).
         deny: Never these (env ``IMAGEWORKS_BACKENDS_DENY=a,b``).
         entry_points: Load installed entry points (tests may turn it off).
+        env: Where the three variables above are read (default ``os.environ``;
+            ``{}`` reads none, as ``Client(trust_env=False)`` does).
     """
 
     def __init__(
@@ -137,11 +139,14 @@ class BackendRegistry:
         allow: Iterable[str] | None = None,
         deny: Iterable[str] | None = None,
         entry_points: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.strict = _env_flag("IMAGEWORKS_STRICT_PLUGINS") if strict is None else strict
-        allow_t = tuple(allow) if allow is not None else _env_list("IMAGEWORKS_BACKENDS_ALLOW")
+        self.strict = _env_flag("IMAGEWORKS_STRICT_PLUGINS", env) if strict is None else strict
+        allow_t = tuple(allow) if allow is not None else _env_list("IMAGEWORKS_BACKENDS_ALLOW", env)
         self.allow = frozenset(allow_t) if allow_t else None
-        self.deny = frozenset(deny if deny is not None else (_env_list("IMAGEWORKS_BACKENDS_DENY") or ()))
+        self.deny = frozenset(
+            deny if deny is not None else (_env_list("IMAGEWORKS_BACKENDS_DENY", env) or ())
+        )
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.backends: dict[str, LoadedBackend] = {}
@@ -228,14 +233,23 @@ class BackendRegistry:
         try:
             return self.backends[name]
         except KeyError:
-            raise PluginError(self.unknown_message(name), plugin=name, hint=self.install_hint(name)) from None
+            hint = (
+                "remove it from the deny list (IMAGEWORKS_BACKENDS_DENY, or Client(deny=...)), "
+                "or add it to the allow list"
+                if self._excluded(name)
+                else self.install_hint(name)
+            )
+            raise PluginError(self.unknown_message(name), plugin=name, hint=hint) from None
+
+    def _excluded(self, name: str) -> bool:
+        return name in self.deny or (self.allow is not None and name not in self.allow)
 
     def unknown_message(self, name: str) -> str:
         failed = next((f for f in self.failures if f.name == name), None)
         if failed is not None:
             return f"backend {name!r} is installed but failed to load: {failed.error}"
-        if name in self.deny or (self.allow is not None and name not in self.allow):
-            return f"backend {name!r} is excluded by IMAGEWORKS_BACKENDS_ALLOW/DENY"
+        if self._excluded(name):
+            return f"backend {name!r} is excluded by the allow/deny lists (IMAGEWORKS_BACKENDS_ALLOW/DENY)"
         known = ", ".join(sorted(self.backends)) or "none"
         return f"unknown backend {name!r} (installed: {known})"
 

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from .errors import BackendDown, ImageWorksError
+from .hints import for_cli
 from .models import Result
 from .redact import scrub
 from .terminal import terminal_safe
@@ -70,7 +71,7 @@ class Summary:
                 self.down.append(image)
                 self._down_reason = self._down_reason or _reason(result.error)
             self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
-            hint = getattr(result.error, "hint", None)
+            hint = for_cli(getattr(result.error, "hint", None))
             if hint and hint not in self.hints:
                 self.hints.append(hint)
             if result.backend and result.attempts:  # input errors never reached a backend

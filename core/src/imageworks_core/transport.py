@@ -10,7 +10,9 @@ loop.  Transports raise only ``BackendUnavailable`` / ``BackendTimeout`` /
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+import os
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -75,6 +77,23 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+def ssl_context(trust_env: bool) -> ssl.SSLContext:
+    """The one TLS context both transports use, so they trust the same CAs.
+
+    ``trust_env=True``: OpenSSL's defaults, which honour ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR``.  ``False``: the system store compiled into OpenSSL, with
+    those variables ignored.
+    """
+    if trust_env:
+        return ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+    capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+    if cafile is None and capath is None:  # pragma: no cover - an OpenSSL without a store
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
 def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
@@ -83,8 +102,29 @@ def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
 # ---------------------------------------------------------------- httpx
 
 
-class _HttpxStream:
+class _Lines:
+    """Owns the line generators a stream response hands out, and closes them with it.
+
+    A consumer that stops early (``[DONE]``, a ``break``, a cancellation)
+    leaves its generator unfinished; the transport closes it when the response
+    closes, so no generator is left to the garbage collector (trio warns then).
+    """
+
+    def __init__(self) -> None:
+        self._open: list[AsyncGenerator[bytes, None]] = []
+
+    def track(self, gen: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        self._open.append(gen)
+        return gen
+
+    async def aclose(self) -> None:
+        while self._open:
+            await self._open.pop().aclose()
+
+
+class _HttpxStream(_Lines):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        super().__init__()
         self._resp = resp
         self._url = url
         self._shown = redact_url(url)
@@ -102,36 +142,70 @@ class _HttpxStream:
                 f"response from {self._shown} broke off: {exc}", url=self._url
             ) from exc
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[bytes]:
+        return self.track(self._lines())
+
+    async def _lines(self) -> AsyncGenerator[bytes, None]:
         import anyio
         import httpx
 
-        it = self._resp.aiter_lines().__aiter__()
-        while True:
-            try:
-                with anyio.fail_after(self._idle):
-                    line = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                raise BackendTimeout(
-                    f"stream from {self._shown} went silent for {self._idle}s", url=self._url
-                ) from exc
-            except httpx.TimeoutException as exc:
-                raise BackendTimeout(f"stream from {self._shown} timed out: {exc}", url=self._url) from exc
-            except httpx.HTTPError as exc:
-                raise BackendProtocolError(
-                    f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
-                    url=self._url,
-                    retryable=True,
-                ) from exc
-            yield line.encode()
+        it = self._resp.aiter_lines()
+        finished = False
+        try:
+            while True:
+                try:
+                    with anyio.fail_after(self._idle):
+                        line = await it.__anext__()
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                except TimeoutError as exc:
+                    finished = True
+                    raise BackendTimeout(
+                        f"stream from {self._shown} went silent for {self._idle}s", url=self._url
+                    ) from exc
+                except BaseException as exc:
+                    finished = True  # an error inside httpx ends its generators as it passes
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise BackendTimeout(
+                            f"stream from {self._shown} timed out: {exc}", url=self._url
+                        ) from exc
+                    if isinstance(exc, httpx.HTTPError):
+                        raise BackendProtocolError(
+                            f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
+                            url=self._url,
+                            retryable=True,
+                        ) from exc
+                    raise
+                yield line.encode()
+        finally:
+            if not finished:
+                await self._unwind(it)
+
+    async def _unwind(self, it: Any) -> None:
+        """Finish httpx's chain of generators (lines < text < bytes < raw < httpcore) after an early stop.
+
+        Closing the outermost one leaves the inner ones suspended for the
+        garbage collector.  Closing the response and reading on makes the
+        innermost raise, and the error ends each generator on its way out.
+        """
+        import anyio
+
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + 5.0
+            with contextlib.suppress(Exception):  # a broken response: the read below settles it
+                await self._resp.aclose()
+            for _ in range(100_000):  # lines already buffered come first; then the closed stream ends it
+                try:
+                    await it.__anext__()
+                except BaseException:
+                    break
 
 
 class HttpxTransport:
     """httpx pool; the transport under trio and the fallback under asyncio."""
 
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, trust_env: bool = False) -> None:
         import httpx
 
         self._httpx = httpx
@@ -141,7 +215,8 @@ class HttpxTransport:
             limits=limits,
             timeout=None,  # noqa: S113
             follow_redirects=False,
-            trust_env=False,
+            trust_env=trust_env,  # HTTP(S)_PROXY / ALL_PROXY / NO_PROXY
+            verify=ssl_context(trust_env),
         )
 
     def _timeout(self, t: Timeouts) -> Any:
@@ -181,10 +256,14 @@ class HttpxTransport:
             ) from exc
         except httpx.HTTPError as exc:
             raise _unavailable(url, exc) from exc
+        stream = _HttpxStream(resp, url, timeouts.idle)
         try:
-            yield _HttpxStream(resp, url, timeouts.idle)
+            yield stream
         finally:
-            await resp.aclose()
+            try:
+                await stream.aclose()
+            finally:
+                await resp.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -193,8 +272,9 @@ class HttpxTransport:
 # ---------------------------------------------------------------- aiohttp
 
 
-class _AiohttpStream:
+class _AiohttpStream(_Lines):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
+        super().__init__()
         self._resp = resp
         self._url = url
         self._shown = redact_url(url)
@@ -212,8 +292,11 @@ class _AiohttpStream:
                 f"response from {self._shown} broke off: {exc}", url=self._url
             ) from exc
 
-    async def lines(self) -> AsyncIterator[bytes]:
+    def lines(self) -> AsyncIterator[bytes]:
         """Lines of any length, split here as httpx does (aiohttp's ``readline`` stops at 128 KiB)."""
+        return self.track(self._lines())
+
+    async def _lines(self) -> AsyncGenerator[bytes, None]:
         import asyncio
 
         import aiohttp
@@ -250,15 +333,21 @@ class _AiohttpStream:
 class AiohttpTransport:
     """aiohttp pool: the fast path under asyncio."""
 
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, trust_env: bool = False) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
         connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=max_connections, ttl_dns_cache=300
+            limit=max_connections,
+            limit_per_host=max_connections,
+            ttl_dns_cache=300,
+            ssl=ssl_context(trust_env),
         )
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, trust_env=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=True,
+            trust_env=trust_env,  # HTTP(S)_PROXY / NO_PROXY, as httpx
+            skip_auto_headers=("User-Agent",),
         )
 
     def _timeout(self, t: Timeouts) -> Any:
@@ -307,18 +396,26 @@ class AiohttpTransport:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(url, exc) from exc
+        stream = _AiohttpStream(resp, url, timeouts.idle)
         try:
-            yield _AiohttpStream(resp, url, timeouts.idle)
+            yield stream
         finally:
-            resp.release()
-            await cm.__aexit__(None, None, None)
+            try:
+                await stream.aclose()
+            finally:
+                resp.release()
+                await cm.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         await self._session.close()
 
 
-def open_transport(kind: str, *, max_connections: int) -> Transport:
+def open_transport(kind: str, *, max_connections: int, trust_env: bool = False) -> Transport:
     """A new pool: *kind* is ``auto``, ``httpx`` or ``aiohttp``.
+
+    *trust_env* lets it use the proxy (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``NO_PROXY``) and CA (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) variables; both
+    transports then behave the same.
 
     ``auto`` picks aiohttp under asyncio (when installed) and httpx otherwise.
     Must be called inside the running event loop.
@@ -338,5 +435,5 @@ def open_transport(kind: str, *, max_connections: int) -> Transport:
             else:
                 kind = "aiohttp"
     if kind == "aiohttp":
-        return AiohttpTransport(max_connections=max_connections)
-    return HttpxTransport(max_connections=max_connections)
+        return AiohttpTransport(max_connections=max_connections, trust_env=trust_env)
+    return HttpxTransport(max_connections=max_connections, trust_env=trust_env)

@@ -188,8 +188,8 @@ def candidate_client(
     Raises:
         ConfigError: The candidate's settings are invalid (named, with where it was defined).
     """
-    client = Client(overrides=candidate.overrides(flags), **client_args)
     try:
+        client = Client.from_config(overrides=candidate.overrides(flags), **client_args)
         client.config  # noqa: B018 - resolve and validate before anything is sent
     except ConfigError as exc:
         where = ", ".join(p for p in (exc.source, f"key {exc.key!r}" if exc.key else None) if p)
