@@ -62,6 +62,9 @@ headers).  Streamed ``ok``/``delay``/``finish_reason`` answers also take
   ``data: {"error": {"message": <"message">, "code": <"code", default 500>}}``,
   then ``data: [DONE]``.
 * ``"reset"`` -- abort the TCP connection (RST) without any response.
+* ``"sse_events"`` -- 200 SSE stream of ``"events"`` (a list of objects), each sent
+  as one ``data:`` line exactly as given (``"{model}"`` in a string value becomes
+  the requested model), then ``data: [DONE]`` unless ``"done": false``.
 * ``"finish_reason"`` -- 200 answer (JSON, or SSE if the request streams) with
   ``"finish_reason"`` (default ``"error"``) and ``"content"`` (default ``""``).
 
@@ -103,7 +106,17 @@ from typing import Any
 SERVED_MODEL = "fake-vlm"
 ANSWER = "A grey cat on a sofa."
 FAULTS = frozenset(
-    {"ok", "status", "delay", "malformed_json", "sse_cut", "sse_inband_error", "reset", "finish_reason"}
+    {
+        "ok",
+        "status",
+        "delay",
+        "malformed_json",
+        "sse_cut",
+        "sse_inband_error",
+        "reset",
+        "finish_reason",
+        "sse_events",
+    }
 )
 MATCH_KEYS = frozenset(
     {"path", "path_prefix", "method", "model", "stream", "request_id", "body_contains", "headers"}
@@ -124,6 +137,8 @@ ACTION_KEYS = frozenset(
         "message",
         "code",
         "finish_reason",
+        "events",
+        "done",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -595,6 +610,14 @@ def make_app() -> Any:
                 }
                 await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+            elif fault == "sse_events":
+                resp = await sse_response(request, headers)
+                for event in action.get("events", []):
+                    text = json.dumps(event).replace("{model}", model)
+                    await resp.write(b"data: " + text.encode() + b"\n\n")
+                if action.get("done", True):
+                    await resp.write(b"data: [DONE]\n\n")
                 await resp.write_eof()
             elif fault == "finish_reason":
                 resp = await answer_ok(
