@@ -9,14 +9,19 @@ before a user met it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import require
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = [
@@ -50,8 +55,11 @@ def test_every_import_is_declared_in_its_own_pyproject(dist: str) -> None:
     assert "No dependency issues found" in proc.stdout + proc.stderr
 
 
-def _project(dist: str) -> dict[str, object]:
-    return tomllib.loads((ROOT / dist / "pyproject.toml").read_text(encoding="utf-8"))["project"]  # type: ignore[no-any-return]
+def _project(dist: str) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((ROOT / dist / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"
+    ]
+    return project
 
 
 @pytest.mark.parametrize("dist", DISTRIBUTIONS)
@@ -74,3 +82,39 @@ def test_distribution_metadata(dist: str) -> None:
     assert isinstance(project.get("version"), str)
     source = "\n".join(p.read_text(encoding="utf-8") for p in packages[0].parent.rglob("*.py"))
     assert '__version__ = "' not in source and "__version__ = '" not in source, f"{dist}: a second version"
+
+
+def _pins() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints" / "test.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints/test.txt: {line!r} is not a pin (name==version)"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_test_environment_is_the_pinned_one() -> None:
+    """What runs the tests is what constraints/test.txt pins (install.sh --dev installs with it)."""
+    wrong = {}
+    for name, version in _pins().items():
+        try:
+            installed = Version(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            wrong[name] = f"not installed (pinned {version})"
+            continue
+        if installed.public != Version(version).public:
+            wrong[name] = f"{installed} installed, {version} pinned"
+    require(not wrong, f"the test environment differs from constraints/test.txt: {wrong}")
+
+
+def test_runtime_dependencies_are_not_pinned_for_tests() -> None:
+    """Users get current versions of the runtime dependencies: the tests must not hold them back."""
+    runtime = set()
+    for dist in DISTRIBUTIONS:
+        for req in _project(dist).get("dependencies", []):
+            runtime.add(canonicalize_name(Requirement(req).name))
+    # the in-process transformers backend runs the same model stack as the test server
+    runtime -= {"transformers", "torch", "huggingface-hub"}
+    assert not runtime & set(_pins()), sorted(runtime & set(_pins()))
