@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the core and the server backends, then describe the sample images with
-# the configured backend (vllm on http://localhost:8000 by default). Extra
-# arguments go to `imageworks describe`, e.g. --vlm-backend lmdeploy.
-# With no model server running it ends with what to start, and exits 3.
+# the first backend that is up at its default URL (--vlm-backend auto: vllm first,
+# then lmdeploy, triton, any OpenAI-compatible server); it says which it picked.
+# Extra arguments go to `imageworks describe`, e.g. --vlm-backend lmdeploy.
+# With no model server running it lists what it tried, what to start, and exits 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
-exec .venv/bin/imageworks describe samples --output samples-results.jsonl --xmp none --no-json-sidecar "$@"
+exec .venv/bin/imageworks describe samples --output samples-results.jsonl --xmp none --no-json-sidecar --vlm-backend auto "$@"

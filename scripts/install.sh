@@ -18,10 +18,13 @@ pip install -q --upgrade pip
 pip install -q -e core -e plugins/vllm -e plugins/lmdeploy -e plugins/triton
 if [ "$dev" = 1 ]; then
     # torch 2.13.0 resolves to the local CPU wheel on these machines; a bare "torch" would pull CUDA.
-    pip install -q "torch==2.13.0"
-    pip install -q -e plugins/transformers -e ".[test,lint]" "transformers[serving]" tokenizers nvidia-pytriton uvloop
+    # Test-only servers and tools are pinned in one place (constraints/test.txt); runtime
+    # dependencies of the distributions are not, so they stay as current as a user's.
+    pip install -q -c constraints/test.txt "torch==2.13.0"
+    pip install -q -c constraints/test.txt -e plugins/transformers -e ".[test,lint]" \
+        "transformers[serving]" tokenizers nvidia-pytriton uvloop
     # the gateway's extra, and the official openai SDK its tests call it with
-    pip install -q -e "core[serve]" openai
+    pip install -q -c constraints/test.txt -e "core[serve]" openai
     if ! command -v exiftool >/dev/null 2>&1; then
         if [ "$(id -u)" = 0 ]; then
             (apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1 \

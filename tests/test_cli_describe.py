@@ -150,8 +150,10 @@ def check_results(
 @pytest.mark.server
 @pytest.mark.parametrize("backend", ["openai", "vllm"])
 def test_describe_folder_against_real_server(tmp_path: Path, hf_server: Any, backend: str) -> None:
-    if backend not in installed_backends():
-        pytest.skip(f"the {backend} backend is not installed (imageworks backends --json)")
+    require(
+        backend in installed_backends(),
+        f"the {backend} backend is not installed (imageworks backends --json)",
+    )
     photos = copy_samples(tmp_path / "photos")
     proc = run_cli(
         tmp_path,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import backend_args, cli_env, read_jsonl, run_cli, show
+from conftest import require
 from PIL import Image
 from servers._proc import free_port
 
@@ -75,8 +76,8 @@ def test_help_is_fast(tmp_path: Path, form: str, record_property: Any) -> None:
         argv = [sys.executable, "-m", "imageworks_core.cli", "--help"]
     else:
         script = console_script()
-        if script is None:
-            pytest.skip("the imageworks console script is not installed")
+        require(script is not None, "the imageworks console script is not installed")
+        assert script is not None
         argv = [script, "--help"]
     best = _min_wall(argv, tmp_path)
     record_property("help_wall_s", round(best, 4))

@@ -24,6 +24,7 @@ import anyio
 import anyio.to_thread
 import pytest
 import sniffio
+from conftest import require
 from PIL import Image
 from servers import faulty_openai
 from servers._proc import ServerProcess, free_port, python_argv
@@ -575,8 +576,7 @@ def _installed_plugin(name: str) -> Any:
     from importlib.metadata import entry_points
 
     found = list(entry_points(group="imageworks.backends", name=name))
-    if not found:
-        pytest.skip(f"the {name} backend plugin is not installed")
+    require(bool(found), f"the {name} backend plugin is not installed")
     return found[0].load()
 
 

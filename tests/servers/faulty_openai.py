@@ -67,6 +67,9 @@ content in chunks of that many characters instead of three pieces).  Faults:
   whose message echoes the request's credentials back, as careless servers do:
   ``Invalid API key: <Authorization header>; api-key <api-key header>; query <query string>``.
   With ``"where": "content"`` it is a 200 answer whose *content* echoes them instead.
+* ``"sse_events"`` -- 200 SSE stream of ``"events"`` (a list of objects), each sent
+  as one ``data:`` line exactly as given (``"{model}"`` in a string value becomes
+  the requested model), then ``data: [DONE]`` unless ``"done": false``.
 * ``"finish_reason"`` -- 200 answer (JSON, or SSE if the request streams) with
   ``"finish_reason"`` (default ``"error"``) and ``"content"`` (default ``""``).
 
@@ -119,6 +122,7 @@ FAULTS = frozenset(
         "reset",
         "finish_reason",
         "echo_auth",
+        "sse_events",
     }
 )
 MATCH_KEYS = frozenset(
@@ -142,6 +146,8 @@ ACTION_KEYS = frozenset(
         "finish_reason",
         "where",
         "piece_chars",
+        "events",
+        "done",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -630,6 +636,14 @@ def make_app() -> Any:
                 }
                 await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
                 await resp.write(b"data: [DONE]\n\n")
+                await resp.write_eof()
+            elif fault == "sse_events":
+                resp = await sse_response(request, headers)
+                for event in action.get("events", []):
+                    text = json.dumps(event).replace("{model}", model)
+                    await resp.write(b"data: " + text.encode() + b"\n\n")
+                if action.get("done", True):
+                    await resp.write(b"data: [DONE]\n\n")
                 await resp.write_eof()
             elif fault == "finish_reason":
                 resp = await answer_ok(

@@ -234,6 +234,19 @@ def _setup_logging(verbose: int, json_logs: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _run(argv)
+    except BrokenPipeError:  # `imageworks --version | head -1`: the reader had what it wanted
+        _quiet_stdout()
+        return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush cannot fail on a closed pipe."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -298,7 +311,7 @@ def _exit_code(exc: BaseException) -> int:
         _err(exc.message, exc.hint)
         return EXIT_USAGE
     if isinstance(exc, BrokenPipeError):  # `imageworks ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return EXIT_FAILED
     if isinstance(exc, ImageWorksError):
         _err(exc.message, exc.hint)

@@ -44,6 +44,19 @@ def usage_from(obj: Any) -> Usage | None:
     )
 
 
+def _merge_final(first: Chunk, second: Chunk) -> Chunk:
+    """One chunk from two text-less final ones: *first*'s text, each field from whichever has it.
+
+    Usage is cumulative, so the later report wins; the first finish reason wins.
+    """
+    return Chunk(
+        text=first.text + second.text,
+        finish_reason=first.finish_reason if first.finish_reason is not None else second.finish_reason,
+        usage=second.usage if second.usage is not None else first.usage,
+        model=first.model or second.model,
+    )
+
+
 def _inband_error(obj: Mapping[str, Any], *, backend: str, url: str, where: str) -> BackendError:
     """An error the server put in a 200 answer (*where*: "inside the stream" / "in a 200 answer")."""
     err = obj.get("error")
@@ -96,6 +109,11 @@ class OpenAICompatBackend(BackendBase):
         url = self.api(ctx, "chat/completions")
         finished = False
         got_text = False
+        # A chunk without text (the finish chunk, a usage-only chunk) is held back and
+        # merged with the text-less chunks that follow it: servers send finish_reason and
+        # usage in one final chunk or in two, in either order (vLLM, LMDeploy and
+        # transformers serve with include_usage), and the caller's last chunk carries both.
+        held: Chunk | None = None
         async with ctx.http.stream(
             "POST", url, body=json.dumps(body).encode(), timeout=request.timeout
         ) as resp:
@@ -108,10 +126,21 @@ class OpenAICompatBackend(BackendBase):
                 if chunk is None:
                     continue
                 got_text = got_text or bool(chunk.text)
-                if chunk.finish_reason is not None:
+                if chunk.finish_reason is not None and not finished:
                     self.check_finish(ctx, chunk.finish_reason, got_text, model)
                     finished = True
-                yield chunk
+                if held is not None:
+                    if not chunk.text:
+                        held = _merge_final(held, chunk)
+                        continue
+                    yield held
+                    held = None
+                if chunk.text and chunk.finish_reason is None:
+                    yield chunk
+                else:
+                    held = chunk
+            if held is not None:
+                yield held
         if not finished:
             raise BackendProtocolError(
                 f"{ctx.name} at {redact_url(url)}: the stream ended before the answer finished",

@@ -12,6 +12,7 @@ Installed, it registers the backend ``echo`` through the entry point in
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 
 import anyio
@@ -33,7 +34,8 @@ from imageworks_core import (
 
 __all__ = ["MAX_IMAGES", "EchoBackend", "EchoSettings", "plugin"]
 
-__version__ = "0.1.0"
+# One version source: pyproject.toml, read from the installed metadata.
+__version__ = importlib.metadata.version("imageworks-backend-echo")
 
 #: Images one request may carry (declared in the capabilities, enforced in ``answer``).
 MAX_IMAGES = 4
