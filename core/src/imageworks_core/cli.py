@@ -235,7 +235,7 @@ def _setup_logging(verbose: int, json_logs: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _run(argv)
+        return _main(argv)
     except BrokenPipeError:  # `imageworks --version | head -1`: the reader had what it wanted
         _quiet_stdout()
         return EXIT_OK
@@ -246,7 +246,7 @@ def _quiet_stdout() -> None:
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _run(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
