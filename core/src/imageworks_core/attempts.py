@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
+from .adaptive import AdaptiveLimit
 from .endpoint import Endpoint
 from .errors import (
     BackendDown,
@@ -70,6 +71,8 @@ class Backends(Protocol):
     def info(self, name: str) -> BackendInfo: ...
 
     def concurrency(self, name: str) -> int: ...
+
+    def adaptive(self, name: str) -> AdaptiveLimit | None: ...
 
     async def health(self, backend: str | None = None) -> HealthReport: ...
 
@@ -135,6 +138,7 @@ class ItemRunner:
                 name,
                 redact_url(ctx.base_url),
                 limit=self.backends.concurrency(name),
+                adaptive=self.backends.adaptive(name),
                 wait=settings.wait_for_backend,
                 probe=probe,
                 listeners=self.listeners,
@@ -257,12 +261,14 @@ class ItemRunner:
                     error = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
                 elif error.outage and ep.tracking and not st.poisoned(name, ep, error):
                     blamed = ep.failure(error)  # before the slot is freed: no one else goes in
+                elif isinstance(error, BackendTimeout):
+                    ep.timed_out()
             finally:
                 ep.release()
             took = time.monotonic() - t0
             st.spent += took
             if result is not None:
-                ep.success()
+                ep.success(took)
                 self.breaker(name).success()
                 st.attempts.append(Attempt(backend=name, latency=took))
                 _log_attempt(rid, name, sends + 1, took, None)

@@ -29,6 +29,16 @@ def _installed() -> str:
     return ", ".join(names) if names else "none"
 
 
+def _concurrency(text: str) -> int | str:
+    """``--concurrency``: ``auto`` or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)  # below 1: refused with the other settings, naming the flag
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}") from None
+
+
 def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
     g = p.add_argument_group("backend (override config; see `imageworks config show`)")
     g.add_argument(
@@ -56,7 +66,13 @@ def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
             help="API key (prefer --vlm-api-key-env: a key on the command line is visible to other users)",
         )
     g.add_argument("--fallback", metavar="A,B", help="backends to try in order when the first is down")
-    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per backend (default: 8)")
+    g.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        metavar="auto|N",
+        help="requests in flight per backend endpoint: auto (default: found from the server's latencies, "
+        "up to max_concurrency) or a fixed number",
+    )
     g.add_argument(
         "--wait-for-backend",
         dest="wait_for_backend",

@@ -24,13 +24,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .adaptive import AdaptiveLimit
 from .config import Config, load_config
 from .context import BackendContext
 from .errors import ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, Request, Result
 from .plugins import BackendRegistry
-from .settings import Secret, Settings
+from .settings import AUTO, Secret, Settings
 from .transport import Timeouts, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -199,6 +200,17 @@ class Client:
         return self.registry.get(name).info
 
     def concurrency(self, name: str) -> int:
+        """Requests in flight to backend *name* at most (``"auto"``: its hard maximum)."""
+        value = self._concurrency_setting(name)
+        return self.settings.backend_settings(name).max_concurrency if value == AUTO else int(value)
+
+    def adaptive(self, name: str) -> AdaptiveLimit | None:
+        """A fresh adaptive limit for one endpoint of *name* (``None``: its concurrency is fixed)."""
+        if self._concurrency_setting(name) != AUTO:
+            return None
+        return AdaptiveLimit(self.settings.backend_settings(name).max_concurrency)
+
+    def _concurrency_setting(self, name: str) -> int | str:
         return self.settings.concurrency or self.settings.backend_settings(name).concurrency
 
     def api_key(self, name: str) -> Secret | None:

@@ -237,6 +237,7 @@ async def run_describe(
                 async for result in results:
                     await _finish(result, **finish)  # type: ignore[arg-type]
     summary.finished = time.monotonic()
+    summary.limits = client.dispatcher.limits()
     return summary
 
 

@@ -79,6 +79,10 @@ class Dispatcher:
                 out.append((ep.backend, ep.url, (end if end is not None else now) - begun))
         return out
 
+    def limits(self) -> dict[str, int]:
+        """Each backend's concurrency limit now (the adaptive one, or the fixed setting)."""
+        return {ep.backend: ep.max_limit for ep in self.runner.endpoints.values()}
+
     # ------------------------------------------------------------ preflight
 
     async def preflight(
