@@ -8,7 +8,7 @@ completed inside the window; p95 is their latency.  The verdict per setting:
 auto reaches >= 90 % of the best fixed throughput, with p95 <= 1.5x that
 setting's p95.  The old default (8) and a too-high setting (256) are shown.
 
-    python bench/bench_adaptive.py                       # three settings, ~6 minutes
+    python bench/bench_adaptive.py                       # three settings, ~7 minutes
     python bench/bench_adaptive.py --settings 16:48:100 --seconds 6 --sweep 8,16,32,64
 """
 
@@ -33,7 +33,7 @@ from tests.servers._proc import ServerProcess, free_port, python_argv  # noqa: E
 
 SERVER = BENCH_DIR / "capacity_server.py"
 DEFAULT_SETTINGS = "8:24:200,16:48:100,48:96:150"
-DEFAULT_SWEEP = "1,2,4,8,16,24,32,48,64,96,128,256"
+DEFAULT_SWEEP = "1,2,4,8,16,24,32,48,64,96,128,192,256"
 
 
 def run(base_url: str, concurrency: int | None, seconds: float) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Adaptive concurrency vs fixed, on the capacity server.")
     p.add_argument("--settings", default=DEFAULT_SETTINGS, help="K:P:service_ms,... server settings")
     p.add_argument("--sweep", default=DEFAULT_SWEEP, help="fixed concurrencies to try")
-    p.add_argument("--seconds", type=float, default=8.0, help="length of one measured window")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of one measured window")
     p.add_argument("--queue-limit", type=int, default=512)
     args = p.parse_args(argv)
     sweep = [int(x) for x in args.sweep.split(",") if x]
@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(line(fixed[c]), flush=True)
             idle(base)
             auto = run(base, None, args.seconds)
-        best = max(fixed.values(), key=lambda r: r["req_per_s"])
+        # the best fixed setting: the lowest concurrency within 2 % of the top throughput (ties go
+        # to the lower latency, which makes the p95 test stricter)
+        top = max(r["req_per_s"] for r in fixed.values())
+        best = next(fixed[c] for c in sorted(fixed) if fixed[c]["req_per_s"] >= 0.98 * top)
         ratio = auto["req_per_s"] / best["req_per_s"]
         p95_ratio = auto["p95_s"] / best["p95_s"]
         ok = ratio >= 0.9 and p95_ratio <= 1.5

@@ -67,6 +67,7 @@ class AdaptiveLimit:
         self._reset_window()
         self._last_rate: float | None = None
         self._last_waiting: float | None = None
+        self._skip = 0
         #: Decisions so far (for tests and logs).
         self.changes = 0
 
@@ -80,8 +81,11 @@ class AdaptiveLimit:
 
     def sample(self, latency: float, in_flight: int) -> bool:
         """One request took *latency* seconds, *in_flight* running; ``True`` when the limit changed."""
+        if self._skip > 0:  # sent before the last decrease: it shows the old load, not the new one
+            self._skip -= 1
+            return False
         if self._count == 0:
-            self._opened = self._clock() - latency
+            self._opened = self._clock()  # throughput is measured between completions
         self._count += 1
         self._total += latency
         self._busiest = max(self._busiest, in_flight)
@@ -89,7 +93,7 @@ class AdaptiveLimit:
             return False
         mean = self._total / self._count
         elapsed = max(1e-6, self._clock() - self._opened)
-        rate = self._count / elapsed
+        rate = (self._count - 1) / elapsed
         busiest = self._busiest
         self._reset_window()
         return self._decide(mean, rate, busiest)
@@ -140,6 +144,9 @@ class AdaptiveLimit:
         limit = max(1, min(self.maximum, limit))
         if limit == self.limit:
             return False
+        if limit < self.limit:
+            self._skip = self.limit  # the requests already in flight
+            self._reset_window()
         self.limit = limit
         self.changes += 1
         return True
