@@ -76,6 +76,8 @@ class Backends(Protocol):
 
     async def health(self, backend: str | None = None) -> HealthReport: ...
 
+    async def warmup(self, name: str) -> None: ...
+
 
 def one_line(exc: BaseException) -> str:
     msg = exc.message if isinstance(exc, ImageWorksError) else f"{type(exc).__name__}: {exc}"

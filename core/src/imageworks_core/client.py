@@ -267,6 +267,21 @@ class Client:
             async for chunk in agen:
                 yield chunk
 
+    async def warmup(self, name: str) -> None:
+        """One tiny request to backend *name*: its plugin's ``warmup`` hook, else a one-token text request.
+
+        Raises:
+            ImageWorksError: It failed (the message says why).
+        """
+        ctx = self.context(name)
+        hook = self.registry.caller(name, "warmup")
+        if hook.get_hookimpls():
+            await hook(ctx=ctx)
+        else:
+            await self.registry.caller(name, "infer")(
+                ctx=ctx, request=Request(prompt="Say OK.", max_tokens=1)
+            )
+
     async def health(self, backend: str | None = None) -> HealthReport:
         """Health of *backend* (default: the configured one); never raises for "down".
 

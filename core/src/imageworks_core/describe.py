@@ -219,7 +219,7 @@ async def run_describe(
                 summary.planned += 1
         return summary
     if opts.preflight:
-        await client.dispatcher.preflight()
+        await client.dispatcher.preflight(warmup=client.settings.warmup)
     with JsonlWriter(opts.output) as writer:
         finish = dict(
             client=client,

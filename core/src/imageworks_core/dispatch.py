@@ -86,7 +86,7 @@ class Dispatcher:
     # ------------------------------------------------------------ preflight
 
     async def preflight(
-        self, names: Iterable[str] | None = None, *, on_event: OnEvent | None = None
+        self, names: Iterable[str] | None = None, *, on_event: OnEvent | None = None, warmup: bool = False
     ) -> list[HealthReport]:
         """Health-check the backends (concurrently) before a batch.
 
@@ -95,12 +95,19 @@ class Dispatcher:
         dead or loading backend with a live one beside it is taken out of
         service (probed until it answers) with a warning.  When none is ready,
         raise one ``BackendUnavailable`` naming each.
+
+        With *warmup*, each backend found ready then gets one tiny request
+        (``Client.warmup``), all of them concurrently; a failed warm-up counts
+        as a failed health check, with the error's own message.
         """
         names = list(names or self.backends.backend_order())
         reports: list[HealthReport | None] = [None] * len(names)
 
         async def check(i: int, name: str) -> None:
-            reports[i] = await self.backends.health(name)
+            report = await self.backends.health(name)
+            if report.ready and warmup:
+                report = await self._warm(report)
+            reports[i] = report
 
         async with anyio.create_task_group() as tg:
             for i, name in enumerate(names):
@@ -152,6 +159,27 @@ class Dispatcher:
                 live[0].backend,
             )
         return done
+
+    async def _warm(self, report: HealthReport) -> HealthReport:
+        """Warm a ready backend up; a failure turns its report into a failed health check, same message."""
+        name = report.backend
+        start = time.monotonic()
+        try:
+            await self.backends.warmup(name)
+        except ImageWorksError as exc:
+            return attrs.evolve(
+                report, ready=False, reachable=False, detail=exc.message, hint=exc.hint or report.hint
+            )
+        except Exception as exc:  # a plugin bug: reported like health reports one
+            return attrs.evolve(
+                report,
+                ready=False,
+                reachable=False,
+                detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
+                hint="this is a bug in the plugin; report it to its authors",
+            )
+        log.info("%s at %s warmed up in %.2fs", name, report.url, time.monotonic() - start)
+        return report
 
     async def _wait_loading(self, loading: list[HealthReport]) -> list[HealthReport]:
         """Probe the loading backends until one is ready or all gave up; the ready ones' reports."""

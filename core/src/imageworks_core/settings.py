@@ -209,6 +209,10 @@ class Settings:
             its remaining items fail; ``0`` fails fast (outage errors then use
             up the items' attempts like any other retryable error).
         strict_model: Fail items whose model override a backend cannot honour.
+        warmup: Before a batch of ``imageworks describe``, send each endpoint
+            one tiny request (its plugin's ``warmup`` hook, else a one-token
+            text request), right after its preflight health check
+            (``Dispatcher.preflight(warmup=True)`` for library callers).
         transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``.
         retry: Retry, fallback and cooldown policy.
         backends: Settings per backend name.
@@ -222,6 +226,7 @@ class Settings:
     concurrency: int | str | None = attrs.field(default=None, validator=CONCURRENCY)
     wait_for_backend: float = attrs.field(default=600.0, validator=NOT_NEGATIVE)
     strict_model: bool = False
+    warmup: bool = True
     transport: str = "auto"
     retry: RetrySettings = RetrySettings()
     backends: Mapping[str, BackendSettings] = attrs.field(factory=dict)
