@@ -44,34 +44,34 @@ def feed(lim: AdaptiveLimit, clock: Clock, latency: float, windows: int = 1, rat
             lim.sample(latency, lim.limit)
 
 
-def test_grows_by_doubling_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
+def test_grows_by_half_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
     clock = Clock()
     lim = AdaptiveLimit(50, clock=clock)
     assert lim.limit == START == 4
     seen = []
-    for _ in range(8):
+    for _ in range(12):
         feed(lim, clock, 0.1)
         seen.append(lim.limit)
-    assert seen[:3] == [8, 16, 32]
+    assert seen[:5] == [6, 9, 13, 19, 28]
     assert max(seen) == 50 and seen[-1] == 50  # never past the hard maximum
 
 
 def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band() -> None:
     clock = Clock()
     lim = AdaptiveLimit(256, clock=clock)
-    feed(lim, clock, 0.1, windows=3)
-    assert lim.limit == 32
-    feed(lim, clock, 0.125, rate=160)  # 1.25x and no more throughput: inside the band, hold
-    assert lim.limit == 32
-    feed(lim, clock, 0.13, rate=400)  # latency up, but throughput up as much: the server still gains
-    assert lim.limit == 32 + 5  # out of slow start (it held once): grows by about sqrt(limit)
-    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; shrink to about 1.15 / 2 of it
-    assert lim.limit == int(37 * 0.7)
+    feed(lim, clock, 0.1, windows=5)
+    assert lim.limit == 28
+    feed(lim, clock, 0.13, rate=190)  # 1.3x and no more throughput: inside the band, hold
+    assert lim.limit == 28
+    feed(lim, clock, 0.14, rate=400)  # latency up, but throughput up more: the server still gains
+    assert lim.limit == 28 + 5  # out of slow start (it held once): grows by about sqrt(limit)
+    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; shrink to 1.2 / 2 of it
+    assert lim.limit == int(33 * 0.6)
     before = lim.limit
     feed(lim, clock, 0.1)  # the samples of requests sent before the decrease are skipped ...
     assert lim.limit == before
     feed(lim, clock, 0.1, windows=2)
-    assert lim.limit == before + 5  # ... then it grows again, by about sqrt(limit), not doubling
+    assert lim.limit == before + 4  # ... then it grows again, by about sqrt(limit)
 
 
 def test_overload_shrinks_at_once_and_never_below_one() -> None:

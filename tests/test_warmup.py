@@ -51,7 +51,7 @@ async def test_warm_up_follows_health_and_precedes_the_items() -> None:
     order: list[str] = []
     a, b = Recording(order, name="a"), WithHook(order, name="b")
     async with client(a, b) as c:
-        await c.dispatcher.preflight(warmup=c.settings.warmup)  # the default: on
+        await c.dispatcher.preflight(warmup=True)
         async with c.map([Request(prompt="x", id="1")]) as results:
             assert [r.ok async for r in results] == [True]
     item = next(i for i, o in enumerate(order) if o.startswith("infer a 1 "))
@@ -66,7 +66,8 @@ async def test_no_warmup_sends_nothing_extra() -> None:
     order: list[str] = []
     async with client(Recording(order, name="a"), warmup=False) as c:
         await c.dispatcher.preflight(warmup=c.settings.warmup)
-    assert order == ["health a"]
+        await c.dispatcher.preflight()  # a bare health check never warms up
+    assert order == ["health a", "health a"]
 
 
 async def test_a_failed_warm_up_is_a_failed_preflight_with_its_message() -> None:

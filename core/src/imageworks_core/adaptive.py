@@ -15,12 +15,15 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   when nothing queues.  It is forgotten when the endpoint recovers from an
   outage (a reloaded model may be faster or slower).
 * A window whose mean latency stays below ``GROW_BELOW`` times the baseline,
-  with the limit actually used, grows the limit: doubling at first (slow
-  start), then by about its square root.  A window whose latency ran over
-  ``SHRINK_ABOVE`` times it shrinks the limit in proportion to the inflation
-  (at most by ``DROP``), unless throughput rose at least as much as latency
-  (a server whose batch step gets slower with size but still gains overall).
-  In between the limit holds.
+  with the limit actually used, grows the limit: by half at first (slow
+  start, until latency starts to rise), then by about its square root; so
+  does a window whose throughput rose at least as much as its latency (a
+  server whose batch step gets slower with size but still gains overall).  A
+  window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks
+  the limit in proportion to the inflation (at most by half).  In between
+  the limit holds.  Growing by half, not doubling, keeps the overshoot past
+  the server's batch size short: requests sent in an overshoot wait, and
+  would show in the batch's tail latency.
 * An overload (429/503, a timeout) shrinks it at once by ``DROP``; so does a
   growing waiting queue reported by the server's own metrics.
 * The limit never leaves ``[1, hard maximum]``.
@@ -39,12 +42,16 @@ START = 4
 #: Fewest samples in one window.
 MIN_WINDOW = 8
 #: Mean latency below this times the baseline counts as "not queueing": the limit may grow.
-GROW_BELOW = 1.15
+GROW_BELOW = 1.2
 #: Mean latency above this times the baseline is queueing: the limit shrinks back towards
 #: ``GROW_BELOW`` (between the two it holds, so it does not oscillate on noise).
-SHRINK_ABOVE = 1.35
-#: Largest multiplicative decrease per decision.
+SHRINK_ABOVE = 1.5
+#: Slow start (growing by half at each window) ends at this much latency inflation.
+SLOW_START_UNTIL = 1.1
+#: Decrease on an overload signal (429/503, timeout).
 DROP = 0.7
+#: Largest decrease for latency inflation, in one decision.
+DEEPEST = 0.5
 
 
 class AdaptiveLimit:
@@ -75,27 +82,29 @@ class AdaptiveLimit:
         self._count = 0
         self._total = 0.0
         self._busiest = 0
-        self._opened = 0.0
+        self._opened: float | None = None
 
     # ------------------------------------------------------------ samples
 
     def sample(self, latency: float, in_flight: int) -> bool:
         """One request took *latency* seconds, *in_flight* running; ``True`` when the limit changed."""
+        now = self._clock()
         if self._skip > 0:  # sent before the last decrease: it shows the old load, not the new one
             self._skip -= 1
+            self._opened = now
             return False
-        if self._count == 0:
-            self._opened = self._clock()  # throughput is measured between completions
+        if self._opened is None:
+            self._opened = now  # throughput is measured between completions, window after window
         self._count += 1
         self._total += latency
         self._busiest = max(self._busiest, in_flight)
         if self._count < max(MIN_WINDOW, self.limit):
             return False
         mean = self._total / self._count
-        elapsed = max(1e-6, self._clock() - self._opened)
-        rate = (self._count - 1) / elapsed
+        rate = self._count / max(1e-3, now - self._opened)
         busiest = self._busiest
         self._reset_window()
+        self._opened = now
         return self._decide(mean, rate, busiest)
 
     def _decide(self, mean: float, rate: float, busiest: int) -> bool:
@@ -104,16 +113,17 @@ class AdaptiveLimit:
         ratio = mean / self.baseline
         previous, self._last_rate = self._last_rate, rate
         # throughput rose about as much as latency did: the server still gains from the extra load
-        gained = previous is not None and rate > previous * 1.1 and rate / previous >= ratio * 0.9
+        gained = previous is not None and rate > previous * 1.15 and rate / previous >= ratio
+        if ratio >= SLOW_START_UNTIL:
+            self._slow_start = False
         if ratio < GROW_BELOW or gained:
             if busiest < self.limit * 0.75:
                 return False  # not using what it has: no evidence that more would help
-            step = self.limit if self._slow_start else max(1, int(math.sqrt(self.limit)))
-            return self._set(self.limit + step)
-        self._slow_start = False
+            step = self.limit // 2 if self._slow_start else int(math.sqrt(self.limit))
+            return self._set(self.limit + max(1, step))
         if ratio <= SHRINK_ABOVE:
             return False
-        return self._set(int(self.limit * max(DROP, GROW_BELOW / ratio)))
+        return self._set(int(self.limit * max(DEEPEST, GROW_BELOW / ratio)))
 
     def overloaded(self) -> bool:
         """A 429/503 or a timeout: shrink now; ``True`` when the limit changed."""

@@ -136,9 +136,11 @@ def _describe_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--stream", action="store_true", help="print tokens live (one image at a time)")
     run.add_argument("--no-preflight", action="store_true", help="skip the health check before the batch")
     run.add_argument(
-        "--no-warmup",
-        action="store_true",
-        help="send no warm-up request with the health check (default: one)",
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send each backend one tiny request with the health check, so the first images do not pay "
+        "the cold start (config: warmup; default: off)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument(
@@ -204,8 +206,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             flags[key] = value
-    if getattr(args, "no_warmup", False):
-        flags["warmup"] = False
+    if getattr(args, "warmup", None) is not None:
+        flags["warmup"] = args.warmup
     if getattr(args, "fallback", None):
         flags["fallback"] = tuple(x.strip() for x in args.fallback.split(",") if x.strip())
     selected = {
