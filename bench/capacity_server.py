@@ -7,7 +7,8 @@ Run as its own process on 127.0.0.1::
 The model (an engine loop of fixed steps, like a continuous-batching server):
 
 * Each request needs ``service_ms / step_ms`` decode steps.  Every step advances
-  every request that is admitted, at once.
+  every request that is admitted, at once; a request that arrives during a
+  step joins at the next one.
 * Up to ``--batch`` (K) requests a step takes ``step_ms``: throughput grows with
   concurrency, latency stays at ``service_ms``.
 * Above K the step is compute-bound and takes ``step_ms * n / K``: throughput
@@ -46,6 +47,8 @@ class Engine:
         self.step_s = step_ms / 1000
         self.preempt_cost = preempt_cost
         self.active: dict[asyncio.Future[None], int] = {}
+        #: Arrived during a step: they join the batch at the next step (as a real scheduler does).
+        self.pending: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.served = 0
         self.rejected = 0
@@ -59,10 +62,15 @@ class Engine:
 
     async def run(self) -> None:
         while True:
-            if not self.active:
+            if not self.active and not self.pending:
                 self.wake.clear()
                 await self.wake.wait()
+            for fut in self.pending:
+                if not fut.done():
+                    self.active[fut] = self.steps
+            self.pending.clear()
             n = len(self.active)
+            self.peak = max(self.peak, n)
             await asyncio.sleep(self.step_seconds(n))
             done = []
             for fut in list(self.active):
@@ -78,20 +86,21 @@ class Engine:
 
     async def serve_one(self) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.active[fut] = self.steps
-        self.peak = max(self.peak, len(self.active))
+        self.pending.append(fut)
         self.wake.set()
         try:
             await fut
         finally:
             self.active.pop(fut, None)
+            if not fut.done():
+                fut.cancel()  # a client that hung up: the step loop drops it
         self.served += 1
 
 
 def build_app(engine: Engine, queue_limit: int) -> web.Application:
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
-        if len(engine.active) >= queue_limit:
+        if len(engine.active) + len(engine.pending) >= queue_limit:
             engine.rejected += 1
             return web.json_response(
                 {"error": {"message": "server overloaded: queue full", "type": "overloaded"}}, status=503
@@ -126,8 +135,8 @@ def build_app(engine: Engine, queue_limit: int) -> web.Application:
         return web.Response(status=200)
 
     async def metrics(_: web.Request) -> web.Response:
-        n = len(engine.active)
-        running = min(n, engine.batch)
+        n = len(engine.active) + len(engine.pending)
+        running = min(len(engine.active), engine.batch)
         text = (
             "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
             "# TYPE vllm:num_requests_running gauge\n"
@@ -147,7 +156,7 @@ def build_app(engine: Engine, queue_limit: int) -> web.Application:
                 "served": engine.served,
                 "rejected": engine.rejected,
                 "peak": engine.peak,
-                "active": len(engine.active),
+                "active": len(engine.active) + len(engine.pending),
             }
         )
 

@@ -47,18 +47,18 @@ def feed(lim: AdaptiveLimit, clock: Clock, latency: float, windows: int = 1, rat
 def test_grows_by_half_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
     clock = Clock()
     lim = AdaptiveLimit(50, clock=clock)
-    assert lim.limit == START == 4
+    assert lim.limit == START == 8
     seen = []
     for _ in range(12):
         feed(lim, clock, 0.1)
         seen.append(lim.limit)
-    assert seen[:5] == [6, 9, 13, 19, 28]
+    assert seen[:5] == [12, 18, 27, 40, 50]
     assert max(seen) == 50 and seen[-1] == 50  # never past the hard maximum
 
 
 def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band() -> None:
     clock = Clock()
-    lim = AdaptiveLimit(256, clock=clock)
+    lim = AdaptiveLimit(256, start=4, clock=clock)
     feed(lim, clock, 0.1, windows=5)
     assert lim.limit == 28
     feed(lim, clock, 0.13, rate=190)  # 1.3x and no more throughput: inside the band, hold

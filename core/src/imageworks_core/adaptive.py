@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 __all__ = ["AdaptiveLimit"]
 
-#: First limit of a fresh endpoint.
-START = 4
+#: First limit of a fresh endpoint (the old fixed default: safe for any server that batches).
+START = 8
 #: Fewest samples in one window.
 MIN_WINDOW = 8
 #: Mean latency below this times the baseline counts as "not queueing": the limit may grow.
