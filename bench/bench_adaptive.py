@@ -118,13 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         print(f"\nK={k} P={kv} service={service} ms queue_limit={args.queue_limit} window={args.seconds:g}s")
         with ServerProcess(server, ready_url=base + "/health", name="capacity_server"):
+            idle(base)
+            auto = run(base, None, args.seconds)  # first: no run before it left the server busy
+            print(line(auto), flush=True)
             fixed = {}
             for c in sweep:
                 idle(base)
                 fixed[c] = run(base, c, args.seconds)
                 print(line(fixed[c]), flush=True)
-            idle(base)
-            auto = run(base, None, args.seconds)
         # the best fixed setting: the lowest concurrency within 2 % of the top throughput (ties go
         # to the lower latency, which makes the p95 test stricter)
         top = max(r["req_per_s"] for r in fixed.values())

@@ -50,6 +50,7 @@ class Engine:
         #: Arrived during a step: they join the batch at the next step (as a real scheduler does).
         self.pending: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
+        self.stepping = False
         self.served = 0
         self.rejected = 0
         self.peak = 0
@@ -71,7 +72,9 @@ class Engine:
             self.pending.clear()
             n = len(self.active)
             self.peak = max(self.peak, n)
+            self.stepping = True
             await asyncio.sleep(self.step_seconds(n))
+            self.stepping = False
             done = []
             for fut in list(self.active):
                 left = self.active[fut] - 1
@@ -156,7 +159,7 @@ def build_app(engine: Engine, queue_limit: int) -> web.Application:
                 "served": engine.served,
                 "rejected": engine.rejected,
                 "peak": engine.peak,
-                "active": len(engine.active) + len(engine.pending),
+                "active": len(engine.active) + len(engine.pending) + engine.stepping,
             }
         )
 
