@@ -140,7 +140,7 @@ def test_env_per_backend_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("IMAGEWORKS_BACKENDS__OPENAI__PRESET", "ollama")
     client = _client(tmp_path)
     assert client.settings.backends["lmdeploy"].concurrency == 12
-    assert client.settings.backends["vllm"].concurrency == 8
+    assert client.settings.backends["vllm"].concurrency == "auto"
     assert client.settings.backends["openai"].base_url == "http://localhost:11434/v1"
     assert (
         client.config.sources["backends.lmdeploy.concurrency"]

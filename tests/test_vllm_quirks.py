@@ -187,7 +187,7 @@ async def test_health_reads_health_models_lora_version_metrics(faulty: Any) -> N
     assert report.models == (BASE_MODEL, "captioner")  # LoRA adapters count as models
     assert report.max_model_len == 8192
     assert report.version == "0.11.2"
-    assert report.metrics == {"running": 5.0, "waiting": 5.0, "kv_cache_usage": 0.5}
+    assert report.metrics == {"running": 5.0, "waiting": 5.0, "kv_cache_usage": 0.75}  # the fullest engine
     assert report.latency > 0
     assert "captioner" in (report.detail or "") and "LoRA" in (report.detail or "")
     assert {e["path"] for e in faulty.log()} == {"/health", "/v1/models", "/version", "/metrics"}

@@ -50,6 +50,7 @@ __all__ = [
     "converter",
     "hookimpl",
     "iter_image_paths",
+    "load_metrics",
     "prepare_image",
     "prometheus_samples",
     "set_testing",
@@ -92,6 +93,7 @@ _WHERE = {
     "converter": "serialize",
     "hookimpl": "hookspecs",
     "iter_image_paths": "discovery",
+    "load_metrics": "metrics",
     "prepare_image": "images",
     "prometheus_samples": "metrics",
     "set_testing": "retry",
@@ -135,7 +137,7 @@ if TYPE_CHECKING:
     from .events import Event
     from .hookspecs import hookimpl
     from .images import aprepare_image, prepare_image
-    from .metrics import prometheus_samples
+    from .metrics import load_metrics, prometheus_samples
     from .models import (
         Attempt,
         BackendInfo,

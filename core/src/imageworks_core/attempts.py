@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
+from .adaptive import AdaptiveLimit
 from .endpoint import Endpoint
 from .errors import (
     BackendDown,
@@ -73,9 +74,12 @@ class Backends(Protocol):
 
     def concurrency(self, name: str) -> int: ...
 
+    def adaptive(self, name: str) -> AdaptiveLimit | None: ...
+
     async def health(self, backend: str | None = None) -> HealthReport: ...
 
     async def health_of(self, ctx: Any) -> HealthReport: ...
+    async def warmup(self, name: str, *, context: Any = None) -> None: ...
 
 
 def one_line(exc: BaseException) -> str:
@@ -142,6 +146,7 @@ class ItemRunner:
                         name,
                         redact_url(ctx.base_url),
                         limit=self.backends.concurrency(name),
+                        adaptive=self.backends.adaptive(name),
                         wait=settings.wait_for_backend,
                         probe=probe,
                         listeners=self.listeners,
@@ -287,12 +292,14 @@ class ItemRunner:
                     error = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
                 elif error.outage and ep.tracking and not st.poisoned(ep.url, ep, error):
                     blamed = ep.failure(error)  # before the slot is freed: no one else goes in
+                elif isinstance(error, BackendTimeout):
+                    ep.timed_out()
             finally:
                 ep.release()
             took = time.monotonic() - t0
             st.spent += took
             if result is not None:
-                ep.success()
+                ep.success(took)
                 self.breaker(name).success()
                 st.attempts.append(Attempt(backend=name, latency=took))
                 _log_attempt(rid, name, sends + 1, took, None)

@@ -32,6 +32,16 @@ def _installed() -> str:
     return ", ".join(names) if names else "none"
 
 
+def _concurrency(text: str) -> int | str:
+    """``--concurrency``: ``auto`` or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)  # below 1: refused with the other settings, naming the flag
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {text!r}") from None
+
+
 def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
     g = p.add_argument_group("backend (override config; see `imageworks config show`)")
     g.add_argument(
@@ -59,7 +69,13 @@ def _backend_flags(p: argparse.ArgumentParser, *, legacy: bool = False) -> None:
             help="API key (prefer --vlm-api-key-env: a key on the command line is visible to other users)",
         )
     g.add_argument("--fallback", metavar="A,B", help="backends to try in order when the first is down")
-    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight per backend (default: 8)")
+    g.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        metavar="auto|N",
+        help="requests in flight per backend endpoint: auto (default: found from the server's latencies, "
+        "up to max_concurrency) or a fixed number",
+    )
     g.add_argument(
         "--wait-for-backend",
         dest="wait_for_backend",
@@ -122,6 +138,13 @@ def _describe_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--dry-run", action="store_true", help="list what would be described; send nothing")
     run.add_argument("--stream", action="store_true", help="print tokens live (one image at a time)")
     run.add_argument("--no-preflight", action="store_true", help="skip the health check before the batch")
+    run.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send each backend one tiny request with the health check, so the first images do not pay "
+        "the cold start (config: warmup; default: off)",
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument(
         "--json",
@@ -197,6 +220,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, key, None)
         if value is not None:
             flags[key] = value
+    if getattr(args, "warmup", None) is not None:
+        flags["warmup"] = args.warmup
     if getattr(args, "fallback", None):
         flags["fallback"] = tuple(x.strip() for x in args.fallback.split(",") if x.strip())
     selected = {

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
+from .adaptive import AdaptiveLimit
 from .config import Config, check_values, load_config
 from .context import BackendContext
 from .errors import BackendRejected, ConfigError, ImageWorksError, PluginError, redact_url
@@ -32,7 +33,7 @@ from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, PreparedImage, Request, Result
 from .plugins import BackendRegistry, installed_backend_names
 from .redact import is_sensitive_header, register_secret, url_secrets
-from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
+from .settings import AUTO, BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 from .transport import Timeouts, Transport, open_transport
 
 if TYPE_CHECKING:
@@ -382,7 +383,17 @@ class Client:
         return self.registry.get(name).info
 
     def concurrency(self, name: str) -> int:
-        """Requests in flight to backend *name* at once."""
+        """Requests in flight to backend *name* at most (``"auto"``: its hard maximum)."""
+        value = self._concurrency_setting(name)
+        return self.settings.backend_settings(name).max_concurrency if value == AUTO else int(value)
+
+    def adaptive(self, name: str) -> AdaptiveLimit | None:
+        """A fresh adaptive limit for one endpoint of *name* (``None``: its concurrency is fixed)."""
+        if self._concurrency_setting(name) != AUTO:
+            return None
+        return AdaptiveLimit(self.settings.backend_settings(name).max_concurrency)
+
+    def _concurrency_setting(self, name: str) -> int | str:
         if self._settings_given is not None:  # one layer: the top-level value overrides
             return self.settings.concurrency or self.settings.backend_settings(name).concurrency
         return self.settings.backend_settings(name).concurrency  # layered by load_config
@@ -494,6 +505,22 @@ class Client:
         async with contextlib.aclosing(agen):  # an abandoned stream frees its slot at once
             async for chunk in agen:
                 yield chunk
+
+    async def warmup(self, name: str, *, context: BackendContext | None = None) -> None:
+        """One tiny request to backend *name* (or one endpoint of it, *context*): its plugin's
+        ``warmup`` hook, else a one-token text request.
+
+        Raises:
+            ImageWorksError: It failed (the message says why).
+        """
+        ctx = context or self.context(name)
+        hook = self.registry.caller(name, "warmup")
+        if hook.get_hookimpls():
+            await hook(ctx=ctx)
+        else:
+            await self.registry.caller(name, "infer")(
+                ctx=ctx, request=Request(prompt="Say OK.", max_tokens=1)
+            )
 
     async def health(self, backend: str | None = None) -> HealthReport:
         """Health of *backend* (default: the configured one); never raises for "down".

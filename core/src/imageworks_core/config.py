@@ -269,7 +269,12 @@ def _coerce(value: Any, tp: Any, *, key: str, source: str, from_env: bool) -> An
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (from_env and value == ""):
             return None
-        return _coerce(value, args[0], key=key, source=source, from_env=from_env)
+        for arg in args[:-1]:  # the first type that takes it (``int | str``: "8" is 8, "auto" stays)
+            try:
+                return _coerce(value, arg, key=key, source=source, from_env=from_env)
+            except ConfigError:
+                continue
+        return _coerce(value, args[-1], key=key, source=source, from_env=from_env)
     if tp is Secret:
         if isinstance(value, Secret):
             return value

@@ -212,7 +212,7 @@ async def run_describe(
     with writer:
         if opts.preflight:
             try:
-                await client.dispatcher.preflight()
+                await client.dispatcher.preflight(warmup=client.settings.warmup)
             except BaseException:  # nothing was sent: leave no empty results file behind
                 writer.close()
                 if created:
@@ -235,6 +235,7 @@ async def run_describe(
                     await _finish(result, **finish)  # type: ignore[arg-type]
         await restore_sidecars(missing_sidecars, opts, writer, summary, metrics)
     summary.finished = time.monotonic()
+    summary.limits = client.dispatcher.limits()
     return summary
 
 

@@ -88,10 +88,17 @@ class Dispatcher:
                 out.append((ep.backend, ep.url, (end if end is not None else now) - begun))
         return out
 
+    def limits(self) -> dict[str, int]:
+        """Each backend's concurrency limit now (the adaptive one, or the fixed setting; a pool's summed)."""
+        out: dict[str, int] = {}
+        for ep in self.runner.endpoints:
+            out[ep.backend] = out.get(ep.backend, 0) + ep.max_limit
+        return out
+
     # ------------------------------------------------------------ preflight
 
     async def preflight(
-        self, names: Iterable[str] | None = None, *, on_event: OnEvent | None = None
+        self, names: Iterable[str] | None = None, *, on_event: OnEvent | None = None, warmup: bool = False
     ) -> list[HealthReport]:
         """Health-check the backends (concurrently) before a batch.
 
@@ -100,13 +107,20 @@ class Dispatcher:
         dead or loading backend with a live one beside it is taken out of
         service (probed until it answers) with a warning.  When none is ready,
         raise one ``BackendUnavailable`` naming each.
+
+        With *warmup*, each backend found ready then gets one tiny request
+        (``Client.warmup``), all of them concurrently; a failed warm-up counts
+        as a failed health check, with the error's own message.
         """
         names = list(names or self.backends.backend_order())
         eps = [ep for name in names for ep in self.runner.pool(name)]
         reports: list[HealthReport | None] = [None] * len(eps)
 
         async def check(i: int, ep: Endpoint) -> None:
-            reports[i] = await self.backends.health_of(ep.context)
+            report = await self.backends.health_of(ep.context)
+            if report.ready and warmup:
+                report = await self._warm(report, ep)
+            reports[i] = report
 
         async with anyio.create_task_group() as tg:
             for i, ep in enumerate(eps):
@@ -162,6 +176,27 @@ class Dispatcher:
                 live[0].url,
             )
         return done
+
+    async def _warm(self, report: HealthReport, ep: Endpoint) -> HealthReport:
+        """Warm a ready backend up; a failure turns its report into a failed health check, same message."""
+        name = report.backend
+        start = time.monotonic()
+        try:
+            await self.backends.warmup(name, context=ep.context)
+        except ImageWorksError as exc:
+            return attrs.evolve(
+                report, ready=False, reachable=False, detail=exc.message, hint=exc.hint or report.hint
+            )
+        except Exception as exc:  # a plugin bug: reported like health reports one
+            return attrs.evolve(
+                report,
+                ready=False,
+                reachable=False,
+                detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
+                hint="this is a bug in the plugin; report it to its authors",
+            )
+        log.info("%s at %s warmed up in %.2fs", name, report.url, time.monotonic() - start)
+        return report
 
     async def _wait_loading(self, loading: list[tuple[Endpoint, HealthReport]]) -> list[HealthReport]:
         """Probe the loading endpoints until one is ready or all gave up; the ready ones' reports."""

@@ -33,6 +33,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .adaptive import AdaptiveLimit
 from .errors import BackendDown, BackendOverloaded, ImageWorksError
 from .events import Event, Listeners, structured
 from .models import HealthReport
@@ -93,6 +94,8 @@ class Endpoint:
         listeners: Where backend events go.
         hint: What to do when it is down (launch lines).
         context: The backend context bound to this endpoint's URL.
+        adaptive: Finds the limit from the requests' latencies (``concurrency =
+            "auto"``); *limit* is then its hard maximum.
     """
 
     def __init__(
@@ -107,12 +110,15 @@ class Endpoint:
         hint: str | None = None,
         probe_timeout: float = 10.0,
         context: Any = None,
+        adaptive: AdaptiveLimit | None = None,
     ) -> None:
         self.backend = backend
         self.context = context
         self.url = url
-        self.max_limit = limit
-        self.limit = limit
+        self.adaptive = adaptive
+        self.max_limit = limit if adaptive is None else adaptive.limit
+        self.limit = self.max_limit
+        self._shown_limit = self.limit
         self.wait = wait
         self.hint = hint
         self._probe_fn = probe
@@ -256,8 +262,10 @@ class Endpoint:
 
     # ------------------------------------------------------------ outcomes
 
-    def success(self) -> None:
-        """A request succeeded: healthy again; grow the slots back (slow start)."""
+    def success(self, latency: float | None = None) -> None:
+        """A request succeeded (in *latency* seconds): healthy again; grow the slots back (slow start)."""
+        if self.adaptive is not None and latency is not None:
+            self._adapted(self.adaptive.sample(latency, self.in_flight + 1))
         self.unhealthy_since = None
         self._pause_streak = 0
         self._flaps = 0
@@ -291,6 +299,8 @@ class Endpoint:
             if self._overdue(now):  # busy for longer than wait_for_backend without one success
                 self._give_up(_one_line(exc))
                 return True
+            if self.adaptive is not None:
+                self._adapted(self.adaptive.overloaded())
             self._pause(exc, now)
         else:
             self.mark_out(exc, now=now)
@@ -345,6 +355,31 @@ class Endpoint:
             {"event": "loading" if loading else "outage", "backend": self.backend, "url": self.url},
         )
         self._notify()
+
+    def timed_out(self) -> None:
+        """A request ran past its timeout: with an adaptive limit, fewer go at once."""
+        if self.adaptive is not None:
+            self._adapted(self.adaptive.overloaded())
+
+    def server_queue(self, waiting: float) -> None:
+        """The server's own count of waiting requests (from its metrics), for the adaptive limit."""
+        if self.adaptive is not None:
+            self._adapted(self.adaptive.server_queue(waiting))
+
+    def _adapted(self, changed: bool) -> None:
+        if not changed or self.adaptive is None:
+            return
+        self.max_limit = self.adaptive.limit
+        self.limit = min(self.limit, self.max_limit)
+        shown = self._shown_limit
+        if abs(self.max_limit - shown) >= max(2, shown // 4):  # log meaningful moves only
+            self._shown_limit = self.max_limit
+            self._emit("limit", detail=str(self.max_limit))
+            structured(
+                logging.INFO,
+                f"{self.backend} at {self.url}: concurrency limit {shown} -> {self.max_limit}",
+                {"event": "limit", "backend": self.backend, "url": self.url, "limit": self.max_limit},
+            )
 
     # ------------------------------------------------------------ probing
 
@@ -408,6 +443,8 @@ class Endpoint:
         self.loading = False
         self.limit = 1
         self._probe_failures = 0
+        if self.adaptive is not None:
+            self.adaptive.restart()
         took = 0.0
         if self.outages and self.outages[-1][1] is None:
             start = self.outages[-1][0]

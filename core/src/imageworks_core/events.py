@@ -9,7 +9,8 @@ Backend events (``id`` is ``""``; ``backend`` and ``url`` say which):
 ``probe`` (a health probe failed; ``seconds`` until the next one), ``paused``
 (it asked us to wait: 429 / 503, ``seconds`` long), ``recovered`` (it answers
 again; ``seconds`` it was out), ``down`` (out for longer than
-``wait_for_backend``: its waiting items fail).
+``wait_for_backend``: its waiting items fail), ``limit`` (the adaptive
+concurrency limit moved by a meaningful step; ``detail`` is the new limit).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["BACKEND_EVENTS", "Event", "Listeners", "OnEvent"]
 
 log = logging.getLogger("imageworks.dispatch")
 
-BACKEND_EVENTS = frozenset({"outage", "loading", "probe", "paused", "recovered", "down"})
+BACKEND_EVENTS = frozenset({"outage", "loading", "probe", "paused", "recovered", "down", "limit"})
 
 
 @attrs.frozen(slots=True)

@@ -2,9 +2,11 @@
 
 A backend is a module (or object) registered under the entry-point group
 ``imageworks.backends``; the entry-point name is the backend name.  It marks
-its functions with ``imageworks_core.hookimpl``.  Every backend implements all
-four hooks; ``infer``, ``health`` are ``async def``, ``stream`` is an
-``async def`` generator.  The core calls exactly one backend's implementation
+its functions with ``imageworks_core.hookimpl``.  Every backend implements the
+four hooks ``backend_info``, ``health``, ``infer`` and ``stream``; ``infer``,
+``health`` are ``async def``, ``stream`` is an ``async def`` generator.  The
+``warmup`` hook is optional (``async def``; without it the core sends a
+one-token text request through ``infer``).  The core calls exactly one backend's implementation
 per request, so a backend never sees another backend's traffic.
 
 Hooks may accept fewer arguments than the spec (pluggy passes only the names
@@ -54,6 +56,19 @@ def infer(ctx: BackendContext, request: Request) -> Awaitable[Result]:
     Raise a ``BackendError`` subclass (or ``InputError``) on failure; never return an error as text.
     """
     raise NotImplementedError  # a specification: backends implement it
+
+
+@hookspec(firstresult=True)
+def warmup(ctx: BackendContext) -> Awaitable[None]:
+    """Optional: make the server ready for real work, the cheapest way it allows (load the model,
+    compile, fill caches), so the first items of a batch do not pay the cold start.
+
+    Called once per endpoint before a batch, after its health check said ready
+    (``--no-warmup`` / ``warmup = false`` skip it).  Raise a ``BackendError``
+    when it fails: the batch then treats the endpoint like a failed health
+    check, with the error's message.
+    """
+    raise NotImplementedError  # a specification: backends may implement it
 
 
 @hookspec(firstresult=True)

@@ -1,11 +1,11 @@
-"""Reading a server's Prometheus ``/metrics`` text, for health reports."""
+"""Reading a server's Prometheus ``/metrics`` text, for health reports and the adaptive limit."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
-__all__ = ["prometheus_samples"]
+__all__ = ["load_metrics", "prometheus_samples"]
 
 
 def prometheus_samples(text: str, names: Collection[str]) -> dict[str, list[float]]:
@@ -38,3 +38,42 @@ def prometheus_samples(text: str, names: Collection[str]) -> dict[str, list[floa
         if math.isfinite(value):
             found.setdefault(name, []).append(value)
     return found
+
+
+def load_metrics(
+    text: str,
+    *,
+    running: Sequence[str] = (),
+    waiting: Sequence[str] = (),
+    kv_cache: Sequence[str] = (),
+) -> dict[str, float]:
+    """A server's load from its exposition text: ``running``, ``waiting``, ``kv_cache_usage`` (0..1).
+
+    Each argument names the metric, newest name first (the first one the text
+    holds is used, so a server exporting an old and a new name is not counted
+    twice); figures the text lacks are left out.
+
+    How series (one per engine or model name: vLLM data parallel exports one
+    per ``engine`` label) are combined:
+
+    * request counts are **summed**: the server as a whole runs / queues that
+      many;
+    * KV-cache usage takes the **maximum**: a fraction per engine, and the
+      question it answers is "is any engine full?".  An engine at 100 % preempts
+      and recomputes no matter how empty the others are (requests are not
+      moved between engines), so an average would hide exactly the state that
+      makes the server slower.
+    """
+    out: dict[str, float] = {}
+    wanted = {*running, *waiting, *kv_cache}
+    samples = prometheus_samples(text, wanted)
+    for key, names, combine in (
+        ("running", running, sum),
+        ("waiting", waiting, sum),
+        ("kv_cache_usage", kv_cache, max),
+    ):
+        for name in names:
+            if samples.get(name):
+                out[key] = float(combine(samples[name]))
+                break
+    return out

@@ -28,6 +28,7 @@ __all__ = ["ENTRY_POINT_GROUP", "BackendRegistry", "LoadFailure", "LoadedBackend
 
 ENTRY_POINT_GROUP = "imageworks.backends"
 _REQUIRED = {"backend_info": "sync", "health": "coroutine", "infer": "coroutine", "stream": "asyncgen"}
+_OPTIONAL = {"warmup": "coroutine"}
 
 
 def _env_list(name: str, env: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
@@ -87,8 +88,10 @@ class LoadFailure:
 def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> BackendInfo:
     """Raise ``PluginError`` unless *plugin* implements every hook correctly."""
     impls = {caller.name: caller for caller in (pm.get_hookcallers(plugin) or [])}
-    for hook, kind in _REQUIRED.items():
+    for hook, kind in {**_REQUIRED, **_OPTIONAL}.items():
         if hook not in impls:
+            if hook in _OPTIONAL:
+                continue
             raise PluginError(f"backend {name!r} does not implement the {hook!r} hook", plugin=name)
         fn = next(i.function for i in impls[hook].get_hookimpls() if i.plugin is plugin)
         ok = {

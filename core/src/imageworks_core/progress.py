@@ -44,6 +44,8 @@ class Progress:
         self._active: set[str] = set()
         self._waiting: set[str] = set()
         self.outages: dict[str, _Outage] = {}
+        #: Each backend's concurrency limit, as its ``limit`` events report it.
+        self.limits: dict[str, int] = {}
         self.total: int | None = None
         self._bar: Any = None
         self._task: Any = None
@@ -132,6 +134,8 @@ class Progress:
             self.outages[name].kind = "down"
         elif event.kind == "recovered":
             self.outages.pop(name, None)
+        elif event.kind == "limit" and event.detail:
+            self.limits[name] = int(event.detail)
         if self._bar is not None:
             self._refresh()
 
@@ -163,6 +167,8 @@ class Progress:
         status = (
             f"[green]{self.done} ok[/] [red]{self.failed} failed[/] [yellow]{self.in_flight} in flight[/]"
         )
+        if self.limits:
+            status += " [dim](limit " + ", ".join(f"{n} {v}" for n, v in self.limits.items()) + ")[/]"
         self._bar.update(self._task, completed=finished, status=status, rate=rate)
 
 

@@ -86,6 +86,21 @@ POSITIVE = _number_check("a finite number of seconds > 0", lambda v: v > 0)
 NOT_NEGATIVE = _number_check("a finite number >= 0", lambda v: v >= 0)
 
 
+def _concurrency_check(_inst: Any, attribute: Any, value: Any) -> None:
+    """``"auto"`` or a whole number >= 1 (``None`` passes)."""
+    if value is None or value == AUTO:
+        return
+    if isinstance(value, str):
+        raise ValueError(f"{attribute.name} must be {CONCURRENCY.what}, not {value!r}")  # type: ignore[attr-defined]
+    AT_LEAST_ONE(_inst, attribute, value)
+
+
+#: ``concurrency = "auto"``: each endpoint's limit is found from its latencies (see ``adaptive``).
+AUTO = "auto"
+CONCURRENCY = _concurrency_check
+CONCURRENCY.what = '"auto" or a whole number >= 1'  # type: ignore[attr-defined]
+
+
 def _to_secret(value: str | Secret | None) -> Secret | None:
     if value is None or isinstance(value, Secret):
         return value
@@ -159,7 +174,10 @@ class BackendSettings:
         connect_timeout: Connect timeout, seconds.
         stream_idle_timeout: Longest silence inside a stream, seconds (a stream
             has no total limit).
-        concurrency: Requests in flight to this backend at once.
+        concurrency: Requests in flight to this backend at once: ``"auto"``
+            (default: found per endpoint from its latencies, see ``adaptive``)
+            or a fixed number.
+        max_concurrency: Hard maximum of ``"auto"``.
         headers: Extra HTTP headers sent with every request.
         extra_body: Extra fields merged into every request body.
         byok: Let a gateway caller's own key (``imageworks serve``, header
@@ -174,7 +192,8 @@ class BackendSettings:
     timeout: float = attrs.field(default=120.0, validator=POSITIVE)
     connect_timeout: float = attrs.field(default=5.0, validator=POSITIVE)
     stream_idle_timeout: float = attrs.field(default=60.0, validator=POSITIVE)
-    concurrency: int = attrs.field(default=8, validator=AT_LEAST_ONE)
+    concurrency: int | str = attrs.field(default=AUTO, validator=CONCURRENCY)
+    max_concurrency: int = attrs.field(default=128, validator=AT_LEAST_ONE)
     headers: Mapping[str, str] = attrs.field(factory=dict)
     extra_body: Mapping[str, Any] = attrs.field(factory=dict)
     byok: bool = False
@@ -215,12 +234,17 @@ class Settings:
         max_tokens: Generation cap sent with every request.
         temperature: Sampling temperature (``None``: the server's default).
         max_pixels: Pixel budget images are downscaled to before sending.
-        concurrency: Overrides every backend's own concurrency when set.
+        concurrency: Overrides every backend's own concurrency when set
+            (``"auto"`` or a number).
         wait_for_backend: Longest time, in seconds, a batch waits for a backend
             that went down (or is still loading its model) to come back before
             its remaining items fail; ``0`` fails fast (outage errors then use
             up the items' attempts like any other retryable error).
         strict_model: Fail items whose model override a backend cannot honour.
+        warmup: Before a batch of ``imageworks describe``, send each endpoint
+            one tiny request (its plugin's ``warmup`` hook, else a one-token
+            text request), right after its preflight health check
+            (``Dispatcher.preflight(warmup=True)`` for library callers).
         transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``.
         retry: Retry, fallback and cooldown policy.
         backends: Settings per backend name.
@@ -231,9 +255,10 @@ class Settings:
     max_tokens: int = attrs.field(default=512, validator=AT_LEAST_ONE)
     temperature: float | None = attrs.field(default=None, validator=NOT_NEGATIVE)
     max_pixels: int = attrs.field(default=1_000_000, validator=AT_LEAST_ONE)
-    concurrency: int | None = attrs.field(default=None, validator=AT_LEAST_ONE)
+    concurrency: int | str | None = attrs.field(default=None, validator=CONCURRENCY)
     wait_for_backend: float = attrs.field(default=600.0, validator=NOT_NEGATIVE)
     strict_model: bool = False
+    warmup: bool = False  # issue 14 wants true; the CLI tests pin exact request sequences first
     transport: str = "auto"
     retry: RetrySettings = RetrySettings()
     backends: Mapping[str, BackendSettings] = attrs.field(factory=dict)

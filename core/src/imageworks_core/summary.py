@@ -59,6 +59,8 @@ class Summary:
     hints: list[str] = attrs.Factory(list)
     outages: list[tuple[str, str, float]] = attrs.Factory(list)
     down: list[str] = attrs.Factory(list)
+    #: Each backend's concurrency limit at the end (adaptive or fixed).
+    limits: dict[str, int] = attrs.Factory(dict)
     _down_reason: str = ""
     _failed_backends: Counter[str] = attrs.Factory(Counter)
 
@@ -110,6 +112,7 @@ class Summary:
                     "failed": b["failed"],
                     "latency_p50_s": _round(_percentile(sorted(b["latencies"]), 50)),
                     "latency_p95_s": _round(_percentile(sorted(b["latencies"]), 95)),
+                    "limit": self.limits.get(name),
                 }
                 for name, b in sorted(per_backend.items())
             },
@@ -138,7 +141,8 @@ class Summary:
             lines.append(f"latency: p50 {d['latency_p50_s']:.2f}s, p95 {d['latency_p95_s']:.2f}s")
         for name, b in d["backends"].items():
             p50 = "-" if b["latency_p50_s"] is None else f"{b['latency_p50_s']:.2f}s"
-            lines.append(f"  {name}: {b['ok']} ok, {b['failed']} failed, p50 {p50}")
+            limit = "" if b["limit"] is None else f", concurrency {b['limit']}"
+            lines.append(f"  {name}: {b['ok']} ok, {b['failed']} failed, p50 {p50}{limit}")
         if verbose and self.skipped:
             lines.append("skipped images:")
             lines += [f"  {image}: {why}" for image, why in self.skipped]

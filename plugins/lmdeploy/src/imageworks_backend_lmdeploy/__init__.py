@@ -41,10 +41,10 @@ from imageworks_core import (
     OpenAICompatBackend,
     PreparedImage,
     Request,
+    load_metrics,
 )
 from imageworks_core.errors import redact_url
 from imageworks_core.http import extract_error_message
-from imageworks_core.metrics import prometheus_samples
 
 __all__ = ["LmdeployBackend", "LmdeploySettings", "parse_metrics", "plugin"]
 
@@ -135,12 +135,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     """LMDeploy's load figures from a Prometheus exposition.
 
     Returns ``running`` and ``waiting`` (summed over label sets) and
-    ``kv_cache_usage`` (the highest), for whichever of them the text holds.
+    ``kv_cache_usage`` (the highest: see ``imageworks_core.load_metrics``),
+    for whichever of them the text holds.
     """
-    found: dict[str, list[float]] = {}
-    for name, values in prometheus_samples(text, METRICS).items():
-        found.setdefault(METRICS[name], []).extend(values)
-    return {key: (max(values) if key == "kv_cache_usage" else sum(values)) for key, values in found.items()}
+    names = {key: tuple(m for m, k in METRICS.items() if k == key) for key in set(METRICS.values())}
+    return load_metrics(
+        text, running=names["running"], waiting=names["waiting"], kv_cache=names["kv_cache_usage"]
+    )
 
 
 def _health_state(status: int, body: bytes) -> tuple[str, str | None]:

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-from imageworks_core import prometheus_samples
+from imageworks_core import load_metrics
 
 __all__ = ["parse_metrics"]
 
-_RUNNING = "vllm:num_requests_running"
-_WAITING = "vllm:num_requests_waiting"
-_KV = "vllm:kv_cache_usage_perc"
-_KV_OLD = "vllm:gpu_cache_usage_perc"  # the name before vLLM's V1 engine
-_WANTED = frozenset({_RUNNING, _WAITING, _KV, _KV_OLD})
+_RUNNING = ("vllm:num_requests_running",)
+_WAITING = ("vllm:num_requests_waiting",)
+#: ``vllm:gpu_cache_usage_perc`` is the name before vLLM's V1 engine; the new one wins when both are there.
+_KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
     """``running``, ``waiting`` and ``kv_cache_usage`` (0..1) from vLLM's ``/metrics``; absent ones left out.
 
-    Request counts are summed over label sets (one per model name / engine).
-    The KV-cache usage is a fraction per engine, so several engines (data
-    parallel) are averaged rather than summed.  Older servers name it
-    ``vllm:gpu_cache_usage_perc``.
+    Request counts are summed over label sets (one per engine / model name);
+    KV-cache usage is the fullest engine's (see ``imageworks_core.load_metrics``).
     """
-    samples = prometheus_samples(text, _WANTED)
-    out: dict[str, float] = {}
-    if _RUNNING in samples:
-        out["running"] = sum(samples[_RUNNING])
-    if _WAITING in samples:
-        out["waiting"] = sum(samples[_WAITING])
-    kv = samples.get(_KV) or samples.get(_KV_OLD)
-    if kv:
-        out["kv_cache_usage"] = sum(kv) / len(kv)
-    return out
+    return load_metrics(text, running=_RUNNING, waiting=_WAITING, kv_cache=_KV)

@@ -1,0 +1,166 @@
+"""Adaptive concurrency: find how many requests one endpoint should have in flight.
+
+A batching server (vLLM, LMDeploy, TensorRT-LLM) answers more requests per
+second as more run at once, up to its batch capacity; past it, extra requests
+only queue (same throughput, longer latency); past its KV-cache capacity it
+preempts and recomputes, and gets slower.  The right concurrency is the edge of
+the first region, and it differs per model, GPU and prompt, so it is measured,
+not configured.
+
+How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
+
+* Completed requests are grouped in windows of at least ``max(MIN_WINDOW,
+  limit)`` samples.  Each window gives a mean latency and a throughput.
+* The *baseline* is the lowest window mean latency seen: what a request costs
+  when nothing queues.  It is forgotten when the endpoint recovers from an
+  outage (a reloaded model may be faster or slower).
+* A window whose mean latency stays below ``GROW_BELOW`` times the baseline,
+  with the limit actually used, grows the limit: by half at first (slow
+  start, until latency starts to rise), then by about its square root; so
+  does a window whose throughput rose at least as much as its latency (a
+  server whose batch step gets slower with size but still gains overall).  A
+  window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks
+  the limit in proportion to the inflation (at most by half).  In between
+  the limit holds.  Growing by half, not doubling, keeps the overshoot past
+  the server's batch size short: requests sent in an overshoot wait, and
+  would show in the batch's tail latency.
+* An overload (429/503, a timeout) shrinks it at once by ``DROP``; so does a
+  growing waiting queue reported by the server's own metrics.
+* The limit never leaves ``[1, hard maximum]``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+__all__ = ["AdaptiveLimit"]
+
+#: First limit of a fresh endpoint (the old fixed default: safe for any server that batches).
+START = 8
+#: Fewest samples in one window.
+MIN_WINDOW = 8
+#: Mean latency below this times the baseline counts as "not queueing": the limit may grow.
+GROW_BELOW = 1.2
+#: Mean latency above this times the baseline is queueing: the limit shrinks back towards
+#: ``GROW_BELOW`` (between the two it holds, so it does not oscillate on noise).
+SHRINK_ABOVE = 1.5
+#: Slow start (growing by half at each window) ends at this much latency inflation.
+SLOW_START_UNTIL = 1.1
+#: Decrease on an overload signal (429/503, timeout).
+DROP = 0.7
+#: Largest decrease for latency inflation, in one decision.
+DEEPEST = 0.5
+
+
+class AdaptiveLimit:
+    """The concurrency limit of one endpoint, adjusted from what its requests show.
+
+    Args:
+        maximum: Hard upper bound (the ``max_concurrency`` setting).
+        start: First limit.
+        clock: Monotonic clock (tests pass their own).
+    """
+
+    def __init__(
+        self, maximum: int, *, start: int = START, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = max(1, min(start, self.maximum))
+        self.baseline: float | None = None
+        self._clock = clock
+        self._slow_start = True
+        self._reset_window()
+        self._last_rate: float | None = None
+        self._last_waiting: float | None = None
+        self._skip = 0
+        #: Decisions so far (for tests and logs).
+        self.changes = 0
+
+    def _reset_window(self) -> None:
+        self._count = 0
+        self._total = 0.0
+        self._busiest = 0
+        self._opened: float | None = None
+
+    # ------------------------------------------------------------ samples
+
+    def sample(self, latency: float, in_flight: int) -> bool:
+        """One request took *latency* seconds, *in_flight* running; ``True`` when the limit changed."""
+        now = self._clock()
+        if self._skip > 0:  # sent before the last decrease: it shows the old load, not the new one
+            self._skip -= 1
+            self._opened = now
+            return False
+        if self._opened is None:
+            self._opened = now  # throughput is measured between completions, window after window
+        self._count += 1
+        self._total += latency
+        self._busiest = max(self._busiest, in_flight)
+        if self._count < max(MIN_WINDOW, self.limit):
+            return False
+        mean = self._total / self._count
+        rate = self._count / max(1e-3, now - self._opened)
+        busiest = self._busiest
+        self._reset_window()
+        self._opened = now
+        return self._decide(mean, rate, busiest)
+
+    def _decide(self, mean: float, rate: float, busiest: int) -> bool:
+        if self.baseline is None or mean < self.baseline:
+            self.baseline = mean
+        ratio = mean / self.baseline
+        previous, self._last_rate = self._last_rate, rate
+        # throughput rose about as much as latency did: the server still gains from the extra load
+        gained = previous is not None and rate > previous * 1.15 and rate / previous >= ratio
+        if ratio >= SLOW_START_UNTIL:
+            self._slow_start = False
+        if ratio < GROW_BELOW or gained:
+            if busiest < self.limit * 0.75:
+                return False  # not using what it has: no evidence that more would help
+            step = self.limit // 2 if self._slow_start else int(math.sqrt(self.limit))
+            return self._set(self.limit + max(1, step))
+        if ratio <= SHRINK_ABOVE:
+            return False
+        return self._set(int(self.limit * max(DEEPEST, GROW_BELOW / ratio)))
+
+    def overloaded(self) -> bool:
+        """A 429/503 or a timeout: shrink now; ``True`` when the limit changed."""
+        self._slow_start = False
+        self._reset_window()
+        return self._set(int(self.limit * DROP))
+
+    def server_queue(self, waiting: float) -> bool:
+        """The server's count of queued requests (``vllm:num_requests_waiting``); ``True``: limit changed.
+
+        A queue that grows means the server already has more than it batches: the
+        extra requests only add latency.
+        """
+        previous, self._last_waiting = self._last_waiting, waiting
+        if waiting > 0 and previous is not None and waiting > previous:
+            self._slow_start = False
+            return self._set(int(self.limit - max(1.0, min(waiting, self.limit * (1 - DROP)))))
+        return False
+
+    def restart(self) -> None:
+        """The endpoint came back from an outage: forget the baseline (the model may have changed)."""
+        self.baseline = None
+        self._last_rate = None
+        self._last_waiting = None
+        self._reset_window()
+
+    def _set(self, limit: int) -> bool:
+        limit = max(1, min(self.maximum, limit))
+        if limit == self.limit:
+            return False
+        if limit < self.limit:
+            self._skip = self.limit  # the requests already in flight
+            self._reset_window()
+        self.limit = limit
+        self.changes += 1
+        return True
+
+    def __repr__(self) -> str:
+        base = "?" if self.baseline is None else f"{self.baseline * 1000:.0f}ms"
+        return f"<AdaptiveLimit {self.limit}/{self.maximum} baseline {base}>"

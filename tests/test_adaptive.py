@@ -1,0 +1,199 @@
+"""The adaptive concurrency limit: unit tests of the rule, the endpoint hooks, and a run against
+the capacity-modelled server (``bench/capacity_server.py``) as its own process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from imageworks_core import BackendOverloaded, Client, Event, HealthReport, Request
+from imageworks_core.adaptive import START, AdaptiveLimit
+from imageworks_core.endpoint import Endpoint
+from imageworks_core.events import Listeners
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.servers._proc import ServerProcess, free_port, python_argv  # noqa: E402
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(lim: AdaptiveLimit, clock: Clock, latency: float, windows: int = 1, rate: float = 0) -> None:
+    """*windows* full windows of requests that each took *latency*, with the limit in use.
+
+    They complete at *rate* per second (default: ``limit / latency``, a server that scales).
+    """
+    for _ in range(windows):
+        count = max(8, lim.limit)
+        for _ in range(count):
+            clock.now += 1 / rate if rate else latency / lim.limit
+            lim.sample(latency, lim.limit)
+
+
+def test_grows_by_half_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
+    clock = Clock()
+    lim = AdaptiveLimit(50, clock=clock)
+    assert lim.limit == START == 8
+    seen = []
+    for _ in range(12):
+        feed(lim, clock, 0.1)
+        seen.append(lim.limit)
+    assert seen[:5] == [12, 18, 27, 40, 50]
+    assert max(seen) == 50 and seen[-1] == 50  # never past the hard maximum
+
+
+def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band() -> None:
+    clock = Clock()
+    lim = AdaptiveLimit(256, start=4, clock=clock)
+    feed(lim, clock, 0.1, windows=5)
+    assert lim.limit == 28
+    feed(lim, clock, 0.13, rate=190)  # 1.3x and no more throughput: inside the band, hold
+    assert lim.limit == 28
+    feed(lim, clock, 0.14, rate=400)  # latency up, but throughput up more: the server still gains
+    assert lim.limit == 28 + 5  # out of slow start (it held once): grows by about sqrt(limit)
+    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; shrink to 1.2 / 2 of it
+    assert lim.limit == int(33 * 0.6)
+    before = lim.limit
+    feed(lim, clock, 0.1)  # the samples of requests sent before the decrease are skipped ...
+    assert lim.limit == before
+    feed(lim, clock, 0.1, windows=2)
+    assert lim.limit == before + 4  # ... then it grows again, by about sqrt(limit)
+
+
+def test_overload_shrinks_at_once_and_never_below_one() -> None:
+    lim = AdaptiveLimit(128, start=20)
+    assert lim.overloaded() and lim.limit == 14
+    for _ in range(20):
+        lim.overloaded()
+    assert lim.limit == 1
+    assert not lim.overloaded()  # already at the floor: nothing changed
+
+
+def test_an_unused_limit_does_not_grow() -> None:
+    clock = Clock()
+    lim = AdaptiveLimit(128, clock=clock)
+    for _ in range(40):
+        clock.now += 0.01
+        lim.sample(0.1, 1)  # only one in flight: no evidence that more would help
+    assert lim.limit == START
+
+
+def test_a_growing_server_queue_shrinks_it() -> None:
+    lim = AdaptiveLimit(128, start=40)
+    assert not lim.server_queue(5)  # first reading: nothing to compare with
+    assert lim.server_queue(12) and lim.limit < 40
+    at = lim.limit
+    assert not lim.server_queue(3) and lim.limit == at  # a shrinking queue is fine
+
+
+async def _probe() -> HealthReport:
+    return HealthReport(backend="x", ready=True, reachable=True)
+
+
+def _endpoint(events: list[Event], maximum: int = 64) -> Endpoint:
+    listeners = Listeners()
+    listeners.add(events.append)
+    return Endpoint(
+        "x", "http://127.0.0.1:1", limit=maximum, wait=600, probe=_probe, listeners=listeners,
+        adaptive=AdaptiveLimit(maximum),
+    )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_endpoint_follows_its_adaptive_limit(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[Event] = []
+    ep = _endpoint(events)
+    assert ep.limit == ep.max_limit == START
+    caplog.set_level(logging.INFO, logger="imageworks.dispatch")
+    for _ in range(12):  # rounds: fill every slot, then each request finishes in 100 ms
+        n = ep.limit
+        for _ in range(n):
+            assert await ep.acquire(0)
+        for _ in range(n):
+            ep.release()
+            ep.success(0.1)
+    assert ep.max_limit >= 16 and ep.limit <= ep.max_limit
+    limits = [int(e.detail or 0) for e in events if e.kind == "limit"]
+    assert limits and limits[-1] <= ep.max_limit
+    logged = [r for r in caplog.records if getattr(r, "imageworks", {}).get("event") == "limit"]
+    assert logged and logged[-1].imageworks["limit"] == limits[-1]  # type: ignore[attr-defined]
+
+    before = ep.max_limit
+    ep.failure(BackendOverloaded("busy", status=503, backend="x"))
+    assert ep.max_limit == int(before * 0.7) and ep.limit == 1  # paused, then slow start up to it
+    ep.timed_out()
+    assert ep.max_limit == int(int(before * 0.7) * 0.7)
+
+
+@pytest.mark.anyio
+async def test_a_fixed_concurrency_has_no_adaptive_limit() -> None:
+    async with Client(
+        backend="openai",
+        overrides={"concurrency": 8, "backends": {"openai": {"base_url": "http://127.0.0.1:9/v1"}}},
+    ) as client:
+        assert client.adaptive("openai") is None and client.concurrency("openai") == 8
+    async with Client(
+        backend="openai", overrides={"backends": {"openai": {"max_concurrency": 40}}}
+    ) as client:
+        lim = client.adaptive("openai")
+        assert lim is not None and lim.maximum == 40 and client.concurrency("openai") == 40
+
+
+# ------------------------------------------------------------------ against the capacity server
+
+K, P = 8, 24
+
+
+@pytest.fixture(scope="module")
+def capacity_server() -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = python_argv(
+        ROOT / "bench" / "capacity_server.py",
+        *("--port", str(port), "--batch", str(K), "--kv", str(P), "--service-ms", "100"),
+    )
+    with ServerProcess(argv, ready_url=base + "/health", name="capacity_server"):
+        yield base
+
+
+def _stats(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base + "/_stats", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+@pytest.mark.anyio
+async def test_default_settings_find_the_batch_capacity(capacity_server: str) -> None:
+    """Defaults only (``concurrency = "auto"``): the limit settles near K, never past P."""
+    events: list[Event] = []
+    overrides = {"backends": {"openai": {"base_url": capacity_server + "/v1", "model": "capacity-model"}}}
+    async with Client(backend="openai", overrides=overrides) as client:
+        ok = 0
+        peak_before = _stats(capacity_server)["peak"]
+        with anyio.fail_after(120):
+            async with client.map(
+                (Request(prompt=f"item {i}", id=str(i)) for i in range(300)), on_event=events.append
+            ) as results:
+                async for r in results:
+                    assert r.error is None, r.error
+                    ok += 1
+        limit = client.dispatcher.limits()["openai"]
+    assert ok == 300
+    assert K // 2 <= limit <= 2 * K, limit
+    assert any(e.kind == "limit" for e in events)
+    assert (
+        max(peak_before, _stats(capacity_server)["peak"]) <= P
+    )  # it never pushed the server into preemption
