@@ -166,11 +166,19 @@ def image_request(**kw: Any) -> Request:
     return Request(prompt="Describe the colours.", images=(PreparedImage.from_bytes(jpeg()),), **kw)
 
 
-def lmdeploy_client(base_url: str | None, *, retry: dict[str, Any] | None = None, **keys: Any) -> Client:
+def lmdeploy_client(
+    base_url: str | None,
+    *,
+    retry: dict[str, Any] | None = None,
+    wait_for_backend: float | None = None,
+    **keys: Any,
+) -> Client:
     backend: dict[str, Any] = dict(keys)
     if base_url is not None:
         backend["base_url"] = base_url
     overrides: dict[str, Any] = {"max_tokens": 16, "backends": {"lmdeploy": backend}}
+    if wait_for_backend is not None:
+        overrides["wait_for_backend"] = wait_for_backend
     if retry:
         overrides["retry"] = retry
     return Client(
@@ -887,7 +895,10 @@ async def test_429_carries_retry_after(faulty: Any) -> None:
             )
         ]
     )
-    async with lmdeploy_client(faulty.base_url, model=MODEL, retry={"max_attempts": 1}) as client:
+    # the plugin's mapping is under test: no outage waiting, so the final error comes out at once
+    async with lmdeploy_client(
+        faulty.base_url, model=MODEL, retry={"max_attempts": 1}, wait_for_backend=0
+    ) as client:
         with pytest.raises(BackendOverloaded) as info:
             await client.infer(image_request())
         with pytest.raises(BackendOverloaded):

@@ -205,7 +205,7 @@ def triton(
 
 def client(base_url: str, **backend: Any) -> Client:
     """A client on the installed triton entry point only, no config files, pointed at *base_url*."""
-    top = {k: backend.pop(k) for k in ("max_tokens", "temperature") if k in backend}
+    top = {k: backend.pop(k) for k in ("max_tokens", "temperature", "wait_for_backend") if k in backend}
     backend.setdefault("model", M)
     return Client(
         backend="triton",
@@ -757,7 +757,8 @@ async def test_503_queue_full_is_overloaded_and_retried(faulty: Any) -> None:
 async def test_503_error_type_and_retry_after(faulty: Any) -> None:
     busy = '{"error":"Exceeds maximum queue size"}'
     faulty.script(triton(first=[status(f"/v2/models/{M}/generate", 503, busy, headers={"Retry-After": "2"})]))
-    async with client(faulty.base_url) as c:
+    # the plugin's mapping is under test: no outage waiting, so the final error comes out at once
+    async with client(faulty.base_url, wait_for_backend=0) as c:
         with pytest.raises(BackendOverloaded) as info:
             await c.infer(describe())
     assert info.value.retry_after == 2.0 and "Exceeds maximum queue size" in info.value.message
