@@ -36,8 +36,9 @@ DEFAULT_SETTINGS = "8:24:200,16:48:100,48:96:150"
 DEFAULT_SWEEP = "1,2,4,8,16,24,32,48,64,96,128,192,256"
 
 
-def run(base_url: str, concurrency: int | None, seconds: float) -> dict[str, Any]:
-    """One window of *seconds* against the server; ``concurrency=None``: the defaults (auto)."""
+def run(base_url: str | list[str], concurrency: int | None, seconds: float) -> dict[str, Any]:
+    """One window of *seconds* against the server (a list: a pool of servers);
+    ``concurrency=None``: the defaults (auto)."""
     import anyio
 
     from imageworks_core import Client, Request
@@ -49,7 +50,8 @@ def run(base_url: str, concurrency: int | None, seconds: float) -> dict[str, Any
             i += 1
 
     async def main() -> dict[str, Any]:
-        section: dict[str, Any] = {"base_url": base_url + "/v1", "model": "capacity-model"}
+        urls = [u + "/v1" for u in ([base_url] if isinstance(base_url, str) else base_url)]
+        section: dict[str, Any] = {"base_url": urls, "model": "capacity-model"}
         if concurrency is not None:
             section["concurrency"] = concurrency
         overrides = {"backends": {"openai": section}}
