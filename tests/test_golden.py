@@ -34,7 +34,10 @@ WRITE = os.environ.get("IMAGEWORKS_WRITE_GOLDEN") == "1"
 _PLACEHOLDERS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?\+00:00"), "<TIMESTAMP>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<PORT>"),
-    (re.compile(r'("(?:processing_time|queue_time|latency|vlm_processing_time)": )[0-9.e-]+'), r"\1<SECONDS>"),
+    (
+        re.compile(r'("(?:processing_time|queue_time|latency|vlm_processing_time)": )[0-9.e-]+'),
+        r"\1<SECONDS>",
+    ),
     (re.compile(r'("resolved_path": ")[^"]*(/photos/[^"]*")'), r"\1<TMP>\2"),
     (re.compile(r"(<cn:vlmProcessingTime>)[0-9.e-]+(</cn:vlmProcessingTime>)"), r"\1<SECONDS>\2"),
 ]
