@@ -16,6 +16,7 @@ import pytest
 from servers import faulty_openai
 from servers._proc import ServerProcess, free_port, python_argv
 
+from imageworks_core import redact as _redact
 from imageworks_core.retry import set_testing, testing
 
 SERVERS = Path(__file__).parent / "servers"
@@ -39,8 +40,14 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterato
         if var.startswith("IMAGEWORKS_") and not var.startswith("IMAGEWORKS_TEST_"):
             monkeypatch.delenv(var)
     monkeypatch.setenv("IMAGEWORKS_CONFIG_FILE", str(tmp_path / "no-user-config.toml"))
+    # the secret registry is process-wide by design; a test's keys must not scrub the next test's text
+    secrets, pattern = set(_redact._secrets), _redact._pattern
     with testing():
         yield
+    with _redact._lock:
+        _redact._secrets.clear()
+        _redact._secrets.update(secrets)
+        _redact._pattern = pattern
 
 
 @pytest.fixture

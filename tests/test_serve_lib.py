@@ -147,24 +147,24 @@ async def test_per_request_fallback_replaces_the_configured_order(faulty: Any) -
 
 @pytest.mark.anyio
 async def test_a_caller_key_goes_to_its_backend_only(faulty: Any) -> None:
-    configured = {"Authorization": "Bearer configured"}
-    mine = {"Authorization": "Bearer mine"}
+    configured = {"Authorization": "Bearer sk-configured-7c1e"}
+    mine = {"Authorization": "Bearer sk-caller-3b9d"}
     faulty.script(
         [
             {"match": {"path": CHAT, "model": "fake-vlm", "headers": mine}, "fault": "ok", "content": "mine"},
             {"match": {"path": CHAT, "headers": configured}, "fault": "ok", "content": "configured"},
         ]
     )
-    sections = {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key": "configured", "byok": True}}
+    sections = {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key": "sk-configured-7c1e", "byok": True}}
     async with Client(
-        overrides={"backends": {**sections, "other": {"base_url": faulty.v1, "api_key": "configured"}}},
+        overrides={"backends": {**sections, "other": {"base_url": faulty.v1, "api_key": "sk-configured-7c1e"}}},
         backend="openai",
         plugins=[OpenAIBackend(), Other()],
         entry_points=False,
         user_file=False,
         project_file=False,
     ) as c:
-        with using_caller_key("openai", Secret("mine")):
+        with using_caller_key("openai", Secret("sk-caller-3b9d")):
             assert caller_key("openai") is not None and caller_key("other") is None
             assert (await c.infer(Request(prompt="x"))).text == "mine"
             assert (await c.infer(Request(prompt="x", backend="other", model="o"))).text == "configured"
