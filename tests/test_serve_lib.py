@@ -145,6 +145,9 @@ async def test_per_request_fallback_replaces_the_configured_order(faulty: Any) -
     assert [a.backend for a in result.attempts][-1] == "other"
 
 
+KEY = "sk-configured-7c1e"
+
+
 @pytest.mark.anyio
 async def test_a_caller_key_goes_to_its_backend_only(faulty: Any) -> None:
     configured = {"Authorization": "Bearer sk-configured-7c1e"}
@@ -155,9 +158,9 @@ async def test_a_caller_key_goes_to_its_backend_only(faulty: Any) -> None:
             {"match": {"path": CHAT, "headers": configured}, "fault": "ok", "content": "configured"},
         ]
     )
-    sections = {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key": "sk-configured-7c1e", "byok": True}}
+    sections = {"openai": {"base_url": faulty.v1, "model": "fake-vlm", "api_key": KEY, "byok": True}}
     async with Client(
-        overrides={"backends": {**sections, "other": {"base_url": faulty.v1, "api_key": "sk-configured-7c1e"}}},
+        overrides={"backends": {**sections, "other": {"base_url": faulty.v1, "api_key": KEY}}},
         backend="openai",
         plugins=[OpenAIBackend(), Other()],
         entry_points=False,
