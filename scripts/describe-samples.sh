@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the core and the server backends, then describe the sample images with
 # the first backend that is up at its default URL (--vlm-backend auto: vllm first,
-# then lmdeploy, triton, any OpenAI-compatible server); it says which it picked.
+# then lmdeploy, triton, an OpenAI-compatible server at :8000, Ollama, llama.cpp's
+# server, LM Studio); it says which it picked.
 # Extra arguments go to `imageworks describe`, e.g. --vlm-backend lmdeploy.
 # With no model server running it lists what it tried, what to start, and exits 3.
 set -euo pipefail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,24 @@ def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+#: Run as root (CI is), the CLI starts without the capabilities that make root ignore file
+#: permissions, so a chmod 000 image or a read-only folder behaves as it does for a user.
+AS_USER: tuple[str, ...] = ()
+if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv"):
+    AS_USER = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+#: File permissions hold for the CLI (a user, or root run through ``AS_USER``).
+PERMISSIONS_HOLD = not (hasattr(os, "geteuid") and os.geteuid() == 0) or bool(AS_USER)
+
+
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "imageworks_core.cli", *args]
+    return [*AS_USER, sys.executable, "-m", "imageworks_core.cli", *args]
+
+
+def python_as_user(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a new interpreter with file permissions enforced (``AS_USER`` when root)."""
+    return subprocess.run(
+        [*AS_USER, sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
 
 
 def run_cli(

@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 from conftest import require
+from servers._proc import free_port
 
 from imageworks_core import BackendUnavailable, Client, Request
 from imageworks_core.auto import DEFAULT_ORDER, candidates, choose_backend
+from imageworks_core.backends import openai as openai_module
+from imageworks_core.backends.openai import OpenAIBackend
 from imageworks_core.testing import FakeBackend
 
 HAVE_TRANSFORMERS = all(
@@ -226,3 +229,68 @@ def test_cli_describe_with_backend_auto(tiny_model: Path, tmp_path: Path) -> Non
     assert "skipped vllm" in proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["backend"] for r in rows] == ["transformers"]
+
+
+# ------------------------------------------------------------------ local servers at their default URLs
+
+
+@pytest.fixture
+def local_presets(monkeypatch: pytest.MonkeyPatch, faulty: Any) -> dict[str, str]:
+    """Nothing listens at Ollama's and LM Studio's URLs; llama.cpp's is the fault-injecting server."""
+
+    urls = {
+        "ollama": f"http://127.0.0.1:{free_port()}/v1",
+        "llamacpp": faulty.v1,
+        "lmstudio": f"http://127.0.0.1:{free_port()}/v1",
+    }
+    for name, url in urls.items():
+        monkeypatch.setitem(openai_module.PRESETS, name, (url, None))
+    return urls
+
+
+def openai_client(**overrides: Any) -> Client:
+    return client_with(FakeBackend("vllm", healthy=False), OpenAIBackend(), **overrides)
+
+
+@pytest.mark.anyio
+async def test_an_unconfigured_openai_backend_is_looked_for_at_each_local_server(
+    local_presets: dict[str, str], auto_log: Records, faulty: Any
+) -> None:
+    async with openai_client() as client:
+        assert await choose_backend(client) == "openai"
+        assert client.settings.backend_settings("openai").base_url == local_presets["llamacpp"]
+        assert client.settings_sources()["backends.openai.preset"] == "code"  # chosen, and said where from
+        result = await client.infer(Request(prompt="hi"))
+        assert result.backend == "openai" and result.text
+    said = auto_log.text
+    assert "using openai (preset llamacpp)" in said
+    assert "skipped vllm" in said and "skipped openai: down" in said
+    assert "skipped openai (preset ollama): down" in said
+    assert "lmstudio" not in said  # tried in order, up to the first that answers
+    assert faulty.log()[-1]["path"] == "/v1/chat/completions"
+
+
+@pytest.mark.anyio
+async def test_a_configured_openai_url_is_not_second_guessed(local_presets: dict[str, str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with openai_client(backends={"openai": {"base_url": dead}}) as client:
+        with pytest.raises(BackendUnavailable) as info:
+            await choose_backend(client)
+        assert client.settings.backend == "auto"
+    assert "preset" not in info.value.message  # only the URL the user gave
+
+
+@pytest.mark.anyio
+async def test_nothing_at_any_local_url_lists_each_and_one_hint_each(
+    local_presets: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(openai_module.PRESETS, "llamacpp", (f"http://127.0.0.1:{free_port()}/v1", None))
+    async with openai_client() as client:
+        with pytest.raises(BackendUnavailable) as info:
+            await choose_backend(client)
+        assert client.settings.backend == "auto" and client.settings.backend_settings("openai").preset is None
+    message, hint = info.value.message, info.value.hint or ""
+    presets = [f"openai (preset {p})" for p in ("ollama", "llamacpp", "lmstudio")]
+    for label in ("vllm", "openai", *presets):
+        assert f"\n  {label}: down at" in message
+    assert hint.count("openai:") == 1 and "ollama serve" in hint  # the launch lines once, not once per URL

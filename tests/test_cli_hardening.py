@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import backend_args, cli_argv, cli_env, read_jsonl, run_cli, show
+from cli_helpers import PERMISSIONS_HOLD, backend_args, cli_argv, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
 
@@ -211,19 +211,15 @@ def test_unusable_output_is_a_usage_error_before_anything_is_sent(tmp_path: Path
 
 
 def test_output_in_a_read_only_folder(tmp_path: Path, faulty: Any) -> None:
+    require(PERMISSIONS_HOLD, "running as root without setpriv: a read-only folder is still writable")
     _jpegs(tmp_path / "in", 1)
-    if os.geteuid() == 0:
-        # root writes into a chmod 555 folder; sysfs refuses new files even to root (EACCES)
-        require(Path("/sys/kernel").is_dir(), "running as root without /sys: no folder is read-only to root")
-        proc = run_cli(tmp_path, "describe", "in", "--output", "/sys/kernel/r.jsonl", *backend_args(faulty))
-    else:
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o555)
-        try:
-            proc = run_cli(tmp_path, "describe", "in", "--output", "ro/r.jsonl", *backend_args(faulty))
-        finally:
-            ro.chmod(0o755)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        proc = run_cli(tmp_path, "describe", "in", "--output", "ro/r.jsonl", *backend_args(faulty))
+    finally:
+        ro.chmod(0o755)
     assert proc.returncode == 2 and "cannot write the results file" in proc.stderr, show(proc)
     assert faulty.log() == []
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import PERMISSIONS_HOLD, python_as_user
+from conftest import require
 
 from imageworks_core import discovery
 from imageworks_core.discovery import iter_image_paths
@@ -208,15 +211,25 @@ def test_unreadable_folder(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "cannot read folder" in str(errors[0]) and "Permission denied" in str(errors[0])
 
 
-@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root can read any folder")
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_unreadable_folder_for_real(tree: Path) -> None:
+    """In a fresh interpreter where permissions hold (root drops its override through setpriv)."""
+    require(PERMISSIONS_HOLD, "running as root without setpriv: root can read any folder")
     locked = tree / "photos" / "2024"
     locked.chmod(0)
+    code = (
+        "import json; from imageworks_core.discovery import iter_image_paths\n"
+        "items = list(iter_image_paths(['photos']))\n"
+        "print(json.dumps([[type(i).__name__, str(getattr(i, 'source', i))] for i in items]))"
+    )
     try:
-        _, errors = run(["photos"])
+        proc = python_as_user(code, tree)
     finally:
         locked.chmod(0o755)
-    assert [e.source for e in errors] == [os.path.join("photos", "2024")]
+    assert proc.returncode == 0, proc.stderr
+    items = json.loads(proc.stdout)
+    assert [s for kind, s in items if kind == "InputError"] == [os.path.join("photos", "2024")]
+    assert os.path.join("photos", "b.jpg") in [s for kind, s in items if kind != "InputError"]
 
 
 def test_unreadable_top_folder_is_one_error(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from cli_helpers import PERMISSIONS_HOLD, python_as_user
+from conftest import require
 from PIL import Image, ImageCms, JpegImagePlugin
 
 from imageworks_core.errors import InputError
@@ -474,16 +476,23 @@ def test_fifo_does_not_hang(tmp_path: Path) -> None:
     expect_input_error(fifo, "pipe.jpg", "not a regular file")
 
 
-@pytest.mark.skipif(
-    sys.platform == "win32" or os.geteuid() == 0, reason="root (or Windows) can read any file"
-)
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 def test_unreadable_file(tmp_path: Path) -> None:
+    """In a fresh interpreter where permissions hold (root drops its override through setpriv)."""
+    require(PERMISSIONS_HOLD, "running as root without setpriv: root can read any file")
     path = save(photo(40, 30), tmp_path / "secret.png")
     path.chmod(0)
+    code = (
+        "from imageworks_core.errors import InputError; from imageworks_core.images import prepare_image\n"
+        "try:\n    prepare_image('secret.png')\nexcept InputError as e:\n    print('InputError:', e)"
+    )
     try:
-        expect_input_error(path, "secret.png", "permission denied")
+        proc = python_as_user(code, tmp_path)
     finally:
         path.chmod(0o644)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("InputError:") and "secret.png" in proc.stdout, proc.stdout
+    assert "permission denied" in proc.stdout.lower(), proc.stdout
 
 
 def test_permission_error_is_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

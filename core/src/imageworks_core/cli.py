@@ -246,7 +246,9 @@ def _err(message: str, hint: str | None = None) -> None:
     from .redact import scrub
     from .terminal import terminal_safe
 
-    print(f"imageworks: {terminal_safe(scrub(message), one_line=True)}", file=sys.stderr)
+    # a multi-line message (auto's list of what it tried) keeps its lines, indented under the first
+    text = terminal_safe(scrub(message.strip())).replace(chr(10), chr(10) + "  ")
+    print(f"imageworks: {text}", file=sys.stderr)
     hint = for_cli(hint)
     if hint:
         print(f"  {terminal_safe(scrub(hint)).replace(chr(10), chr(10) + '  ')}", file=sys.stderr)

@@ -289,17 +289,38 @@ class Client:
                 )
         return self._config
 
-    def use_backend(self, name: str) -> None:
+    def use_backend(self, name: str, **settings: Any) -> None:
         """Make *name* the backend for requests that name none, and re-resolve the configuration.
 
         Used by ``--vlm-backend auto`` once it has picked a backend: flags such as
-        ``--vlm-model`` then apply to that backend.  Contexts made so far are kept
-        for closing and rebuilt on next use.
+        ``--vlm-model`` then apply to that backend.  *settings* (e.g.
+        ``preset="ollama"``) are set on that backend at the highest precedence.
+        Contexts made so far are kept for closing and rebuilt on next use.
         """
         self.registry.get(name)
         self._flags["backend"] = name
+        if settings:
+            backends = {k: dict(v) for k, v in (self._flags.get("backends") or {}).items()}
+            backends[name] = {**backends.get(name, {}), **settings}
+            self._flags["backends"] = backends
         if self._settings_given is not None:
-            self._settings_given = attrs.evolve(self._settings_given, backend=name)
+            given = attrs.evolve(self._settings_given, backend=name)
+            if settings:
+                current = given.backends.get(name) or self.registry.get(name).info.settings_cls()
+                changed = attrs.evolve(current, **settings)
+                given = attrs.evolve(given, backends={**given.backends, name: changed})
+            self._settings_given = given
+        self._reset()
+
+    def _snapshot(self) -> tuple[dict[str, Any], Settings | None]:
+        """What ``use_backend`` changes, for ``_restore`` (``auto`` tries a setting, then takes it back)."""
+        return dict(self._flags), self._settings_given  # use_backend replaces nested dicts, never edits them
+
+    def _restore(self, snapshot: tuple[dict[str, Any], Settings | None]) -> None:
+        self._flags, self._settings_given = dict(snapshot[0]), snapshot[1]
+        self._reset()
+
+    def _reset(self) -> None:
         self._config = None
         self._retired.extend(ctx for pool in self._contexts.values() for ctx in pool)
         self._contexts.clear()

@@ -67,6 +67,7 @@ class OpenAIBackend(OpenAICompatBackend):
     launch_hints = (
         'ollama serve   (then: backends.openai.preset = "ollama")',
         'llama-server -m MODEL.gguf --mmproj MMPROJ.gguf --port 8080   (preset "llamacpp")',
+        'lms server start   (LM Studio, port 1234; preset "lmstudio")',
     )
     docs_url = "docs/backends/openai.md"
     #: a base URL with a path (``/api/v1``, ``/v1beta/openai``) is used as given
