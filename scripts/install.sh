@@ -4,9 +4,20 @@
 #   scripts/install.sh --dev    everything the tests need too: test tools, the in-process
 #                               transformers backend (CPU torch), the real test servers
 #                               (transformers serve, PyTriton's tritonserver), exiftool and
-#                               chromium (headless, for the compare report tests)
+#                               chromium (headless, for the compare report tests), zsh and fish
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# need_apt PACKAGE COMMAND: install a Debian package when COMMAND is missing (as root), else say how
+need_apt() {
+    command -v "$2" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q "$1" >/dev/null 2>&1 \
+            || (apt-get update -q >/dev/null && apt-get install -y -q "$1" >/dev/null)
+    else
+        echo "$2 is missing (tests need it): sudo apt-get install $1" >&2
+    fi
+}
 dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 python=${PYTHON:-python3}
@@ -25,22 +36,11 @@ if [ "$dev" = 1 ]; then
         "transformers[serving]" tokenizers nvidia-pytriton uvloop
     # the gateway's extra, and the official openai SDK its tests call it with
     pip install -q -c constraints/test.txt -e "core[serve]" openai
-    if ! command -v exiftool >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            (apt-get install -y -q libimage-exiftool-perl >/dev/null 2>&1 \
-                || (apt-get update -q >/dev/null && apt-get install -y -q libimage-exiftool-perl >/dev/null))
-        else
-            echo "exiftool is missing: sudo apt-get install libimage-exiftool-perl" >&2
-        fi
-    fi
-    # headless Chromium renders the `imageworks compare` report in tests/test_compare_report.py
-    if ! command -v chromium >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            (apt-get install -y -q chromium >/dev/null 2>&1 \
-                || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
-        else
-            echo "chromium is missing (report tests): sudo apt-get install chromium" >&2
-        fi
-    fi
+    # exiftool (XMP embedding tests), headless Chromium (the `imageworks compare` report tests),
+    # zsh and fish (the completion scripts are loaded by the real shells)
+    need_apt libimage-exiftool-perl exiftool
+    need_apt chromium chromium
+    need_apt zsh zsh
+    need_apt fish fish
 fi
 echo "installed into $(pwd)/.venv: $(.venv/bin/imageworks backends | grep -c '^[a-z]') backends" >&2

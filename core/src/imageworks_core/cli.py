@@ -211,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare.command import add_parser as add_compare_parser
 
     add_compare_parser(sub, epilog)
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh, fish)",
+        description="Print a completion script; e.g. bash: imageworks completion bash > "
+        "~/.local/share/bash-completion/completions/imageworks; zsh: imageworks completion zsh > "
+        '"${fpath[1]}/_imageworks"; fish: imageworks completion fish > '
+        "~/.config/fish/completions/imageworks.fish.  Regenerate it after installing a backend.",
+    )
+    p.add_argument("shell", choices=("bash", "zsh", "fish"), help="the shell to complete for")
     return parser
 
 
@@ -308,6 +317,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .serve.command import run_serve
 
         return run_serve(args, _client)
+    if args.command == "completion":
+        from .completion import completion_script
+        from .plugins import installed_backend_names
+
+        sys.stdout.write(completion_script(build_parser(), args.shell, list(installed_backend_names())))
+        return EXIT_OK
     if args.command == "config":
         if args.config_command != "show":
             parser.parse_args(["config", "--help"])
