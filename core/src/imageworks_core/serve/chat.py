@@ -26,7 +26,6 @@ from ..models import Chunk, Request, Result
 from .gateway import Gateway
 from .sizes import image_size
 from .wire import (
-    Disconnected,
     GatewayError,
     Receive,
     Scope,
@@ -186,28 +185,19 @@ class ChatRoute:
         self.gw = gw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gw
-        start = time.perf_counter()
-        status = 500
+        await self.gw.handle("chat", send, lambda: self._answer(scope, receive, send))
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        body = await read_body(scope, receive, self.gw.options.max_body)
         try:
-            with gw.admitted():
-                body = await read_body(scope, receive, gw.options.max_body)
-                try:
-                    obj = json.loads(body)
-                except ValueError as exc:
-                    raise GatewayError(400, f"the body is not valid JSON: {exc}") from None
-                request, stream, include_usage = parse_chat(obj, gw)
-                with gw.caller_key(scope, request.backend):
-                    if stream:
-                        status = await self._stream(request, include_usage, receive, send)
-                    else:
-                        status = await self._complete(request, receive, send)
-        except GatewayError as exc:
-            status = await send_error(send, exc)
-        except Disconnected:
-            status = 499
-        finally:
-            gw.telemetry.request_done("chat", status, time.perf_counter() - start)
+            obj = json.loads(body)
+        except ValueError as exc:
+            raise GatewayError(400, f"the body is not valid JSON: {exc}") from None
+        request, stream, include_usage = parse_chat(obj, self.gw)
+        with self.gw.caller_key(scope, request.backend):
+            if stream:
+                return await self._stream(request, include_usage, receive, send)
+            return await self._complete(request, receive, send)
 
     async def _complete(self, request: Request, receive: Receive, send: Send) -> int:
         dispatcher = self.gw.client.dispatcher

@@ -16,7 +16,6 @@ import binascii
 import json
 import math
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,12 @@ from ..outputs import NarrationRecord, write_json_sidecar, write_xmp_sidecar
 from ..templates import get_template
 from .gateway import Gateway
 from .wire import (
-    Disconnected,
     GatewayError,
     Receive,
     Scope,
     Send,
     read_body,
     send_bytes,
-    send_error,
     status_of,
     until_disconnect,
 )
@@ -78,30 +75,22 @@ class DescribeRoute:
         self.gw = gw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gw
-        start = time.perf_counter()
-        status = 500
-        try:
-            with gw.admitted():
-                body = await read_body(scope, receive, gw.options.max_body)
-                fields, jobs = await self._inputs(scope, body)
-                writes = self._writes(scope, jobs)
-                named = fields.get("backend") or gw.split_model(str(fields.get("model") or ""))[0]
-                with gw.caller_key(scope, str(named) if named else None):
-                    answered, lines = await until_disconnect(receive, lambda: self._run(fields, jobs, writes))
-                if not answered or lines is None:
-                    status = 499
-                    return
-                records, errors = lines
-                status = 200 if len(errors) < len(records) else status_of(errors[0])[0]
-                payload = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
-                await send_bytes(send, status, payload, b"application/x-ndjson")
-        except GatewayError as exc:
-            status = await send_error(send, exc)
-        except Disconnected:
-            status = 499
-        finally:
-            gw.telemetry.request_done("describe", status, time.perf_counter() - start)
+        await self.gw.handle("describe", send, lambda: self._answer(scope, receive, send))
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> int:
+        body = await read_body(scope, receive, self.gw.options.max_body)
+        fields, jobs = await self._inputs(scope, body)
+        writes = self._writes(scope, jobs)
+        named = fields.get("backend") or self.gw.split_model(str(fields.get("model") or ""))[0]
+        with self.gw.caller_key(scope, str(named) if named else None):
+            answered, lines = await until_disconnect(receive, lambda: self._run(fields, jobs, writes))
+        if not answered or lines is None:
+            return 499
+        records, errors = lines
+        status = 200 if len(errors) < len(records) else status_of(errors[0])[0]
+        payload = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
+        await send_bytes(send, status, payload, b"application/x-ndjson")
+        return status
 
     # ------------------------------------------------------------ inputs
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from ..byok import using_caller_key
 from ..client import Client
 from ..settings import Secret
 from .options import ServeOptions
 from .telemetry import Telemetry
-from .wire import GatewayError, Scope, header
+from .wire import Disconnected, GatewayError, Scope, Send, header, send_error
 
 __all__ = ["UPSTREAM_KEY_HEADER", "Gateway", "RateLimiter"]
 
@@ -77,6 +77,24 @@ class Gateway:
         finally:
             self.active -= 1
             self.telemetry.in_flight.dec()
+
+    async def handle(self, route: str, send: Send, work: Callable[[], Awaitable[int]]) -> None:
+        """Run one request of *route*: admitted to the queue, errors answered, its status and time counted.
+
+        *work* answers the request and returns the status it sent; a ``GatewayError``
+        becomes its error response, a caller that hung up counts as 499.
+        """
+        start = time.perf_counter()
+        status = 500
+        try:
+            with self.admitted():
+                status = await work()
+        except GatewayError as exc:
+            status = await send_error(send, exc)
+        except Disconnected:
+            status = 499
+        finally:
+            self.telemetry.request_done(route, status, time.perf_counter() - start)
 
     # ------------------------------------------------------------ backends
 
