@@ -44,7 +44,7 @@ def feed(lim: AdaptiveLimit, clock: Clock, latency: float, windows: int = 1, rat
             lim.sample(latency, lim.limit)
 
 
-def test_grows_by_half_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
+def test_doubles_while_latency_stays_flat_and_stops_at_the_hard_maximum() -> None:
     clock = Clock()
     lim = AdaptiveLimit(50, clock=clock)
     assert lim.limit == START == 8
@@ -52,26 +52,44 @@ def test_grows_by_half_while_latency_stays_flat_and_stops_at_the_hard_maximum() 
     for _ in range(12):
         feed(lim, clock, 0.1)
         seen.append(lim.limit)
-    assert seen[:5] == [12, 18, 27, 40, 50]
+    assert seen[:4] == [16, 32, 50, 50]
     assert max(seen) == 50 and seen[-1] == 50  # never past the hard maximum
 
 
 def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band() -> None:
     clock = Clock()
     lim = AdaptiveLimit(256, start=4, clock=clock)
-    feed(lim, clock, 0.1, windows=5)
-    assert lim.limit == 28
-    feed(lim, clock, 0.13, rate=190)  # 1.3x and no more throughput: inside the band, hold
-    assert lim.limit == 28
-    feed(lim, clock, 0.14, rate=400)  # latency up, but throughput up more: the server still gains
-    assert lim.limit == 28 + 5  # out of slow start (it held once): grows by about sqrt(limit)
-    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; shrink to 1.2 / 2 of it
-    assert lim.limit == int(33 * 0.6)
+    feed(lim, clock, 0.1, windows=3)  # slow start: 4 -> 8 -> 16 -> 32
+    assert lim.limit == 32
+    feed(lim, clock, 0.13, rate=190, windows=2)  # 1.3x: inside the band, hold (slow start is over)
+    assert lim.limit == 32
+    feed(lim, clock, 0.11, rate=200)  # 1.1x: below the band, grow by about sqrt(limit)
+    assert lim.limit == 32 + 5
+    feed(lim, clock, 0.14, rate=400)  # the first window after a change mixes old requests: not compared
+    assert lim.limit == 37
+    feed(lim, clock, 0.14, rate=400)  # latency 1.4x, throughput 2x that at 32: the server still gains
+    assert lim.limit == 37 + 6
+    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; back to the middle of the band (1.35x)
+    assert lim.limit == int(43 * 1.35 / 2)
     before = lim.limit
     feed(lim, clock, 0.1)  # the samples of requests sent before the decrease are skipped ...
     assert lim.limit == before
     feed(lim, clock, 0.1, windows=2)
-    assert lim.limit == before + 4  # ... then it grows again, by about sqrt(limit)
+    assert lim.limit == before + int(before**0.5)  # ... then it grows again, by about sqrt(limit)
+
+
+def test_a_rate_from_the_window_after_a_change_is_never_compared() -> None:
+    """Right after a change the window mixes requests of the old limit: its throughput says nothing."""
+    clock = Clock()
+    lim = AdaptiveLimit(256, start=32, clock=clock)
+    feed(lim, clock, 0.1, rate=100)  # sets the baseline; grows (1.0x)
+    assert lim.limit == 64
+    feed(lim, clock, 0.16, rate=100, windows=2)  # 1.6x: shrink to 1.35/1.6 of it
+    assert lim.limit == int(64 * 1.35 / 1.6)
+    held = lim.limit
+    feed(lim, clock, 0.14, rate=20)  # skipped: sent before the decrease
+    feed(lim, clock, 0.14, rate=1000)  # the first counted window: a huge rate, but not comparable
+    assert lim.limit == held
 
 
 def test_overload_shrinks_at_once_and_never_below_one() -> None:

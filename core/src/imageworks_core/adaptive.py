@@ -15,15 +15,18 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   when nothing queues.  It is forgotten when the endpoint recovers from an
   outage (a reloaded model may be faster or slower).
 * A window whose mean latency stays below ``GROW_BELOW`` times the baseline,
-  with the limit actually used, grows the limit: by half at first (slow
-  start, until latency starts to rise), then by about its square root; so
-  does a window whose throughput rose at least as much as its latency (a
-  server whose batch step gets slower with size but still gains overall).  A
-  window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks
-  the limit in proportion to the inflation (at most by half).  In between
-  the limit holds.  Growing by half, not doubling, keeps the overshoot past
-  the server's batch size short: requests sent in an overshoot wait, and
-  would show in the batch's tail latency.
+  with the limit actually used, grows the limit: it doubles at first (slow
+  start, until latency starts to rise), then grows by about its square root;
+  so does a window whose throughput rose at least as much as its latency,
+  compared with the limit before (a server whose batch step gets slower with
+  size but still gains overall).  The first window after a change mixes
+  requests sent under the old limit, so its throughput is never compared.  A
+  window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks the
+  limit in proportion to the inflation, back to the middle of the band (at
+  most by half): a little queue in the server keeps its batch full between
+  steps.  In between the limit holds, so it does not oscillate on noise.
+  Doubling overshoots the batch size by at most one window (one latency); the
+  requests sent in it wait, and the next window shrinks the limit back.
 * An overload (429/503, a timeout) shrinks it at once by ``DROP``; so does a
   growing waiting queue reported by the server's own metrics.
 * The limit never leaves ``[1, hard maximum]``.
@@ -46,10 +49,12 @@ GROW_BELOW = 1.2
 #: Mean latency above this times the baseline is queueing: the limit shrinks back towards
 #: ``GROW_BELOW`` (between the two it holds, so it does not oscillate on noise).
 SHRINK_ABOVE = 1.5
-#: Slow start (growing by half at each window) ends at this much latency inflation.
+#: Slow start (doubling at each window) ends at this much latency inflation.
 SLOW_START_UNTIL = 1.1
 #: Decrease on an overload signal (429/503, timeout).
 DROP = 0.7
+#: Throughput gain (from the limit before) that counts as "the extra load helped".
+GAIN = 1.05
 #: Largest decrease for latency inflation, in one decision.
 DEEPEST = 0.5
 
@@ -72,7 +77,15 @@ class AdaptiveLimit:
         self._clock = clock
         self._slow_start = True
         self._reset_window()
-        self._last_rate: float | None = None
+        #: (limit, throughput, mean latency) of the last settled window, and of the one at the
+        #: limit before it.
+        self._settled: tuple[int, float, float] | None = None
+        self._before: tuple[int, float, float] | None = None
+        #: The first window after a change mixes requests sent under the old limit: its
+        #: throughput is not compared.
+        self._settling = False
+        #: The limit before the last change.
+        self._from: int | None = None
         self._last_waiting: float | None = None
         self._skip = 0
         #: Decisions so far (for tests and logs).
@@ -111,19 +124,35 @@ class AdaptiveLimit:
         if self.baseline is None or mean < self.baseline:
             self.baseline = mean
         ratio = mean / self.baseline
-        previous, self._last_rate = self._last_rate, rate
-        # throughput rose about as much as latency did: the server still gains from the extra load
-        gained = previous is not None and rate > previous * 1.15 and rate / previous >= ratio
+        gained = False
+        if self._settling:
+            self._settling = False
+        else:
+            if self._settled is not None and self._settled[0] != self.limit:
+                self._before = self._settled
+            self._settled = (self.limit, rate, mean)
+            before = self._before
+            # from the limit just before this (smaller) one, throughput rose by more than latency
+            # did: the server still gains from the extra load (a batch kept full by a small queue)
+            gained = (
+                before is not None
+                and before[0] == self._from
+                and before[0] < self.limit
+                and ratio <= SHRINK_ABOVE
+                and rate >= before[1] * GAIN
+                and rate / before[1] >= mean / before[2]
+            )
         if ratio >= SLOW_START_UNTIL:
             self._slow_start = False
         if ratio < GROW_BELOW or gained:
             if busiest < self.limit * 0.75:
                 return False  # not using what it has: no evidence that more would help
-            step = self.limit // 2 if self._slow_start else int(math.sqrt(self.limit))
+            step = self.limit if self._slow_start else int(math.sqrt(self.limit))
             return self._set(self.limit + max(1, step))
         if ratio <= SHRINK_ABOVE:
             return False
-        return self._set(int(self.limit * max(DEEPEST, GROW_BELOW / ratio)))
+        # back to the middle of the hold band, not its floor: a little queue keeps a batch full
+        return self._set(int(self.limit * max(DEEPEST, (GROW_BELOW + SHRINK_ABOVE) / 2 / ratio)))
 
     def overloaded(self) -> bool:
         """A 429/503 or a timeout: shrink now; ``True`` when the limit changed."""
@@ -146,7 +175,7 @@ class AdaptiveLimit:
     def restart(self) -> None:
         """The endpoint came back from an outage: forget the baseline (the model may have changed)."""
         self.baseline = None
-        self._last_rate = None
+        self._settled = self._before = None
         self._last_waiting = None
         self._reset_window()
 
@@ -157,7 +186,8 @@ class AdaptiveLimit:
         if limit < self.limit:
             self._skip = self.limit  # the requests already in flight
             self._reset_window()
-        self.limit = limit
+        self._settling = True
+        self._from, self.limit = self.limit, limit
         self.changes += 1
         return True
 
