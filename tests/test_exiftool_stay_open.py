@@ -128,7 +128,8 @@ if sys.argv[3] == "sigkill":
 
 @pytest.mark.parametrize("ending", ["normal", "interrupt", "sigkill"])
 def test_no_exiftool_outlives_python(tmp_path: Path, exiftool: str, ending: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # TMPDIR: a SIGKILLed child cannot remove its temporary files; keep them in tmp_path.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TMPDIR": os.fspath(tmp_path)}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, os.fspath(tmp_path / "x.jpg"), exiftool, ending],
         env=env,
