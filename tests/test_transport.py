@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -553,3 +554,16 @@ async def test_an_sse_line_over_512_kib_is_read_whole(faulty: Any, transport: Tr
     async with client.stream("POST", "chat/completions", body=chat_body("big", stream=True)) as resp:
         events = [e async for e in iter_sse_data(resp, backend="testbackend", url=faulty.v1)]
     assert len(events) == 1 and events[0]["choices"][0]["delta"]["content"] == big
+
+
+def test_httpx_transport_runs_on_httpx2_when_installed() -> None:
+    """Under trio httpx2's pool is ~6x cheaper per request than httpx's (issue 18)."""
+    pytest.importorskip("httpx2")
+    t = HttpxTransport(max_connections=2)
+    assert type(t._client).__module__.split(".")[0] == "httpx2"
+
+
+def test_httpx_transport_falls_back_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "httpx2", None)  # import httpx2 -> ImportError
+    t = HttpxTransport(max_connections=2)
+    assert type(t._client).__module__.split(".")[0] == "httpx"

@@ -27,6 +27,7 @@ from .outputs import (
     resolved_key,
     resume_index,
 )
+from .outputs.exiftool import close_default_pools
 from .redact import StreamScrubber
 from .sidecars import already_described, extra_keys, open_results, write_sidecars
 from .sidecars import restore as restore_sidecars
@@ -227,13 +228,16 @@ async def run_describe(
             template_name=template_name,
             prompt_for=prompt_for,
         )
-        if opts.stream:
-            await _run_streaming(client, items, out, finish, on_event)
-        else:
-            async with client.map(items, concurrency=opts.concurrency, on_event=on_event) as results:
-                async for result in results:
-                    await _finish(result, **finish)  # type: ignore[arg-type]
-        await restore_sidecars(missing_sidecars, opts, writer, summary, metrics)
+        try:
+            if opts.stream:
+                await _run_streaming(client, items, out, finish, on_event)
+            else:
+                async with client.map(items, concurrency=opts.concurrency, on_event=on_event) as results:
+                    async for result in results:
+                        await _finish(result, **finish)  # type: ignore[arg-type]
+            await restore_sidecars(missing_sidecars, opts, writer, summary, metrics)
+        finally:  # the run's -stay_open exiftools end with it (also on Ctrl-C)
+            close_default_pools()
     summary.finished = time.monotonic()
     summary.limits = client.dispatcher.limits()
     return summary

@@ -11,7 +11,6 @@ reads the answer without per-request model validation.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .http import error_from_response, extract_error_message, iter_sse_data
+from .jsonbody import encode_body
 from .models import Chunk, HealthReport, PreparedImage, Request, Result, Usage
 from .settings import split_api_base
 
@@ -98,7 +98,7 @@ class OpenAICompatBackend(BackendBase):
         model = await self.resolve_model(ctx, request)
         body = self.build_body(ctx, request, model, stream=False)
         data = await ctx.http.post_json(
-            self.api(ctx, "chat/completions"), json.dumps(body).encode(), timeout=request.timeout
+            self.api(ctx, "chat/completions"), encode_body(body), timeout=request.timeout
         )
         return self.parse_completion(ctx, data, model)
 
@@ -114,9 +114,7 @@ class OpenAICompatBackend(BackendBase):
         # usage in one final chunk or in two, in either order (vLLM, LMDeploy and
         # transformers serve with include_usage), and the caller's last chunk carries both.
         held: Chunk | None = None
-        async with ctx.http.stream(
-            "POST", url, body=json.dumps(body).encode(), timeout=request.timeout
-        ) as resp:
+        async with ctx.http.stream("POST", url, body=encode_body(body), timeout=request.timeout) as resp:
             async for obj in iter_sse_data(resp, backend=ctx.name, url=url):
                 if not isinstance(obj, Mapping):
                     raise BackendProtocolError(f"{ctx.name}: stream event is not an object: {obj!r:.200}")

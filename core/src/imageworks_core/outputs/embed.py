@@ -9,9 +9,11 @@ temporary directory,
   (``colorRegions`` a Bag) so values are copied verbatim, and
 * our XMP packet (:func:`render_xmp`),
 
-and then runs, without a shell::
+and then runs, on a long-lived ``exiftool -config CFG -stay_open True -@ -``
+(:mod:`.exiftool`; a one-shot process, without a shell, for a name holding a
+line break)::
 
-    exiftool -config CFG [-overwrite_original] -XMP-cn:all= \\
+    [-overwrite_original] -XMP-cn:all= \\
         -tagsFromFile PACKET.xmp -XMP-cn:all -XMP-dc:Description -- IMAGE
 
 ``-XMP-cn:all=`` first clears every ``cn:`` property already in the image
@@ -38,6 +40,7 @@ from pathlib import Path
 
 from imageworks_core.errors import InputError
 from imageworks_core.outputs._common import OutputError
+from imageworks_core.outputs.exiftool import ExifToolDied, ExifToolTimeout, default_pool
 from imageworks_core.outputs.record import NarrationRecord
 from imageworks_core.outputs.xmp import CN_NAMESPACE, render_xmp
 
@@ -105,8 +108,10 @@ def _tail(text: bytes, limit: int = 2000) -> str:
 def embed_xmp(image: Path, record: NarrationRecord, *, keep_backup: bool = True) -> None:
     """Write *record*'s ``cn:*`` properties and ``dc:description`` into *image*.
 
-    Blocking (runs exiftool, usually well under a second); call it through
-    ``anyio.to_thread.run_sync`` from async code.
+    Blocking (a few ms on a warm ``-stay_open`` exiftool, see
+    :mod:`.exiftool`); call it through ``anyio.to_thread.run_sync`` from
+    async code.  A name with a line break cannot travel through exiftool's
+    argument stream: that image gets a one-shot exiftool of its own.
 
     Raises:
         InputError: *image* is not an existing file.
@@ -119,17 +124,84 @@ def embed_xmp(image: Path, record: NarrationRecord, *, keep_backup: bool = True)
     if not image.is_file():
         raise InputError(f"cannot embed XMP: {where!r} is not an existing file", source=where)
     exe = find_exiftool()
+    target = os.fsencode(os.path.abspath(image))
+    if b"\n" in target or b"\r" in target or not target.startswith(b"/"):
+        status, out, err = _embed_once(exe, target, record, keep_backup, where)
+    else:
+        status, out, err = _embed_stay_open(exe, target, record, keep_backup, where)
+    if status != 0:
+        details = _tail(err) or _tail(out) or f"exit status {status}"
+        raise OutputError(
+            f"exiftool could not embed XMP into {where!r}: {details}",
+            path=where,
+            hint="the image was left unchanged; use an XMP sidecar for formats exiftool cannot write",
+        )
+
+
+def _arguments(packet: Path, target: bytes, keep_backup: bool, *, end_options: bool) -> list[str | bytes]:
+    args: list[str | bytes] = [] if keep_backup else ["-overwrite_original"]
+    args += ["-XMP-cn:all=", "-tagsFromFile", os.fsencode(packet), "-XMP-cn:all", "-XMP-dc:Description"]
+    # An absolute path can never be mistaken for an option.  "--" ends them
+    # too on a command line, but not under -stay_open: there it would also
+    # turn the closing -execute into a file name and the command never runs.
+    return [*args, "--", target] if end_options else [*args, target]
+
+
+def _timed_out(where: str) -> OutputError:
+    return OutputError(
+        f"exiftool took longer than {EXIFTOOL_TIMEOUT_S:g} s embedding XMP into {where!r}",
+        path=where,
+        hint="check that the file is a normal local image and not on a stalled network share",
+    )
+
+
+def _cannot_run(exe: str, where: str, exc: BaseException) -> OutputError:
+    return OutputError(
+        f"could not run exiftool ({exe}) for {where!r}: {exc}", path=where, hint=EXIFTOOL_INSTALL_HINT
+    )
+
+
+def _embed_stay_open(
+    exe: str, target: bytes, record: NarrationRecord, keep_backup: bool, where: str
+) -> tuple[int, bytes, bytes]:
+    """One command on a pooled ``-stay_open`` exiftool; a dead process is replaced once."""
+    pool = default_pool(exe, exiftool_config())
+    packet_bytes = render_xmp(record)
+    for attempt in (1, 2):
+        try:
+            with pool.process() as proc:
+                packet = proc.workdir / "narration.xmp"
+                packet.write_bytes(packet_bytes)
+                return proc.execute(
+                    _arguments(packet, target, keep_backup, end_options=False), EXIFTOOL_TIMEOUT_S
+                )
+        except ExifToolTimeout as exc:
+            raise _timed_out(where) from exc
+        except ExifToolDied as exc:
+            # Killed between or during commands: a new process runs it again
+            # (the embed is idempotent, and an existing backup is never replaced).
+            if attempt == 2:
+                raise _cannot_run(exe, where, exc) from exc
+        except OSError as exc:
+            raise _cannot_run(exe, where, exc) from exc
+    raise AssertionError("unreachable")
+
+
+def _embed_once(
+    exe: str, target: bytes, record: NarrationRecord, keep_backup: bool, where: str
+) -> tuple[int, bytes, bytes]:
+    """One exiftool process for this image (names that cannot go through ``-stay_open``)."""
     with tempfile.TemporaryDirectory(prefix="imageworks-xmp-") as tmp:
         config = Path(tmp, "imageworks_cn.config")
         config.write_text(exiftool_config(), encoding="utf-8")
         packet = Path(tmp, "narration.xmp")
         packet.write_bytes(render_xmp(record))
-        args: list[str | bytes] = [exe, "-config", os.fsencode(config)]
-        if not keep_backup:
-            args.append("-overwrite_original")
-        args += ["-XMP-cn:all=", "-tagsFromFile", os.fsencode(packet), "-XMP-cn:all", "-XMP-dc:Description"]
-        # An absolute path can never be mistaken for an option; "--" ends them anyway.
-        args += ["--", os.fsencode(os.path.abspath(image))]
+        args: list[str | bytes] = [
+            exe,
+            "-config",
+            os.fsencode(config),
+            *_arguments(packet, target, keep_backup, end_options=True),
+        ]
         try:
             done = subprocess.run(  # fixed argv, no shell
                 args,
@@ -139,19 +211,7 @@ def embed_xmp(image: Path, record: NarrationRecord, *, keep_backup: bool = True)
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise OutputError(
-                f"exiftool took longer than {EXIFTOOL_TIMEOUT_S:g} s embedding XMP into {where!r}",
-                path=where,
-                hint="check that the file is a normal local image and not on a stalled network share",
-            ) from exc
+            raise _timed_out(where) from exc
         except OSError as exc:
-            raise OutputError(
-                f"could not run exiftool ({exe}) for {where!r}: {exc}", path=where, hint=EXIFTOOL_INSTALL_HINT
-            ) from exc
-    if done.returncode != 0:
-        details = _tail(done.stderr) or _tail(done.stdout) or f"exit status {done.returncode}"
-        raise OutputError(
-            f"exiftool could not embed XMP into {where!r}: {details}",
-            path=where,
-            hint="the image was left unchanged; use an XMP sidecar for formats exiftool cannot write",
-        )
+            raise _cannot_run(exe, where, exc) from exc
+    return done.returncode, done.stdout, done.stderr
