@@ -46,6 +46,7 @@ PUBLIC_MODULES = (
     "imageworks_core.testing.conformance",
     "imageworks_core.testing.fake",
     "imageworks_core.testing.fake_server",
+    "imageworks_core.testing.loops",
 )
 
 
@@ -395,3 +396,28 @@ def test_conformance_other_model_none_skips_the_model_override_test(tmp_path: Pa
     assert "TypeError" not in out.stdout
     assert "2 passed, 2 skipped" in out.stdout, out.stdout
     assert "other_model = None" in out.stdout
+
+
+@pytest.mark.anyio
+async def test_the_core_enforces_request_timeout_on_a_plugin_that_ignores_it() -> None:
+    """docs/plugin-authoring.md: a plugin need not pass Request.timeout on; the core cancels the try."""
+    import time
+
+    import anyio
+
+    from imageworks_core import BackendTimeout, Result
+
+    class Hangs(_OnlyInfer):
+        name = "hangs"
+
+        @hookimpl
+        async def infer(self, ctx: BackendContext, request: Request) -> Result:
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+    async with _client(Hangs()) as client:
+        start = time.monotonic()
+        with pytest.raises(BackendTimeout) as excinfo:
+            await client.infer(Request(prompt="x", timeout=0.3))
+    assert time.monotonic() - start < 10
+    assert "longer than 0.3s" in excinfo.value.message and excinfo.value.attempts
