@@ -8,8 +8,7 @@ wrote.  ``OpenAICompatBackend`` is one such subclass.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from .errors import PluginError
@@ -65,12 +64,17 @@ class BackendBase:
             raise _neither(self)
         parts: list[str] = []
         model, finish, usage = "", None, None
-        async with contextlib.aclosing(self.stream(ctx, request)) as chunks:
+        chunks = self.stream(ctx, request)
+        try:
             async for chunk in chunks:
                 parts.append(chunk.text)
                 model = chunk.model or model
                 finish = chunk.finish_reason if chunk.finish_reason is not None else finish
                 usage = chunk.usage if chunk.usage is not None else usage
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         return Result(
             text="".join(parts),
             backend=ctx.name,
@@ -80,7 +84,7 @@ class BackendBase:
         )
 
     @hookimpl
-    async def stream(self, ctx: Any, request: Request) -> AsyncGenerator[Chunk, None]:
+    async def stream(self, ctx: Any, request: Request) -> AsyncIterator[Chunk]:
         """Default: the answer of ``infer`` as one chunk (text, finish reason, usage)."""
         if type(self).infer is BackendBase.infer:
             raise _neither(self)
