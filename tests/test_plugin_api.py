@@ -421,3 +421,100 @@ async def test_the_core_enforces_request_timeout_on_a_plugin_that_ignores_it() -
             await client.infer(Request(prompt="x", timeout=0.3))
     assert time.monotonic() - start < 10
     assert "longer than 0.3s" in excinfo.value.message and excinfo.value.attempts
+
+
+# ---------------------------------------------------------------- a non-OpenAI plugin over ctx.http
+
+
+class _OllamaLike(BackendBase):
+    """The sketch in docs/plugin-authoring.md: Ollama's native /api/chat, NDJSON, only ``stream`` written."""
+
+    name = "ollamalike"
+    default_base_url = "http://localhost:11434"
+    capabilities = Capabilities(vision=True, streaming=True)
+
+    @hookimpl
+    async def health(self, ctx: BackendContext) -> HealthReport:
+        tags = await ctx.http.get_json("/api/tags")
+        return HealthReport.up(ctx, models=[m["name"] for m in tags.get("models", [])])
+
+    @hookimpl
+    async def stream(self, ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
+        import json
+
+        async def names() -> list[str]:
+            return [m["name"] for m in (await ctx.http.get_json("/api/tags")).get("models", [])]
+
+        body = {
+            "model": await resolve_model(ctx, request, names),
+            "messages": [
+                {"role": role, "content": text, "images": [i.b64() for i in images]}
+                for role, text, images in iter_message_parts(request)
+            ],
+            "options": {"num_predict": sampling(ctx, request).max_tokens},
+        }
+        url = ctx.http.url("/api/chat")
+        async with ctx.http.stream("POST", url, body=json.dumps(body).encode()) as resp:
+            async for event in iter_ndjson(resp, backend=ctx.name, url=url):
+                done = bool(event.get("done"))
+                yield Chunk(
+                    text=event.get("message", {}).get("content", ""),
+                    finish_reason=event.get("done_reason", "stop") if done else None,
+                )
+
+
+@pytest.fixture(scope="module")
+def ndjson_server() -> Any:
+    """A tiny NDJSON chat server (stdlib, own thread): /api/tags and streamed /api/chat."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, lines: list[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Content-Length", str(sum(len(ln) for ln in lines)))
+            self.end_headers()
+            for line in lines:
+                self.wfile.write(line)
+
+        def do_GET(self) -> None:
+            self._send([json.dumps({"models": [{"name": "llava:7b"}]}).encode()])
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            words = ["A ", "red ", "square."]
+            lines = [json.dumps({"message": {"content": w}, "done": False}).encode() + b"\n" for w in words]
+            lines.append(
+                json.dumps({"message": {"content": ""}, "done": True, "done_reason": "stop"}).encode()
+            )
+            self._send(lines)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.anyio
+async def test_a_native_ndjson_plugin_written_from_the_docs(ndjson_server: Any) -> None:
+    url, seen = ndjson_server
+    image = PreparedImage(data=b"\x89PNG-bytes", mime="image/png", width=2, height=2)
+    overrides = {"backends": {"ollamalike": {"base_url": url}}}
+    async with _client(_OllamaLike(), overrides=overrides, max_tokens=21) as client:
+        assert (await client.health()).models == ("llava:7b",)
+        result = await client.infer(Request(prompt="What is it?", images=(image,)))
+        chunks = [c async for c in client.stream(Request(prompt="again"))]
+    assert (result.text, result.finish_reason) == ("A red square.", "stop")
+    assert "".join(c.text for c in chunks) == "A red square." and chunks[-1].finish_reason == "stop"
+    assert seen[0]["model"] == "llava:7b" and seen[0]["options"] == {"num_predict": 21}
+    assert seen[0]["messages"] == [{"role": "user", "content": "What is it?", "images": [image.b64()]}]
