@@ -258,7 +258,7 @@ def test_health_dead_port(tmp_path: Path, as_json: bool) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     args = ["health", "--vlm-backend", "vllm", "--vlm-base-url", url] + (["--json"] if as_json else [])
     proc = run_cli(tmp_path, *args)
-    assert proc.returncode == 1, show(proc)
+    assert proc.returncode == 3, show(proc)  # nothing answered: the same code as describe
     if as_json:
         [report] = json.loads(proc.stdout)
         assert report["reachable"] is False and report["ready"] is False
@@ -271,6 +271,18 @@ def test_health_dead_port(tmp_path: Path, as_json: bool) -> None:
 
 
 # ------------------------------------------------------------------ describe odds and ends
+
+
+@pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
+def test_describe_with_nothing_listening_exits_3(tmp_path: Path, preflight: bool) -> None:
+    """Exit code 3 means "no backend reachable", with or without the preflight health check."""
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.jpg", "JPEG")
+    url = f"http://127.0.0.1:{free_port()}"
+    args = ["describe", "a.jpg", "--xmp", "none", "--vlm-backend", "openai", "--vlm-base-url", url]
+    proc = run_cli(tmp_path, *args, "--wait-for-backend", "1", *([] if preflight else ["--no-preflight"]))
+    assert proc.returncode == 3, show(proc)
+    assert "cannot connect" in proc.stdout + proc.stderr
+
 
 
 def test_list_templates(tmp_path: Path) -> None:

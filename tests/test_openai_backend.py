@@ -69,6 +69,10 @@ def openai_client(*, retry: dict[str, Any] | None = None, **keys: Any) -> Client
         ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
         ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
         ("dashscope", "https://dashscope-intl.aliyuncs.com/compatible-mode/v1", "DASHSCOPE_API_KEY"),
+        ("anthropic", "https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
+        ("chutes", "https://llm.chutes.ai/v1", "CHUTES_API_KEY"),
+        ("nanogpt", "https://nano-gpt.com/api/v1", "NANOGPT_API_KEY"),
+        ("mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
     ],
 )
 def test_preset_fills_base_url_and_key_env(preset: str, url: str, key_env: str | None) -> None:
@@ -79,7 +83,7 @@ def test_preset_fills_base_url_and_key_env(preset: str, url: str, key_env: str |
 
 
 def test_every_preset_is_covered() -> None:
-    assert len(PRESETS) == 10
+    assert len(PRESETS) == 14
 
 
 def test_explicit_values_win_over_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +110,7 @@ def test_unknown_preset_is_a_config_error_naming_the_presets() -> None:
 
 def test_unknown_preset_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEWORKS_BACKENDS__OPENAI__PRESET", "vllm")
-    with pytest.raises(ConfigError, match="known presets: dashscope, gemini"):
+    with pytest.raises(ConfigError, match="known presets: anthropic, chutes, dashscope, gemini"):
         Client(backend="openai", user_file=False, project_file=False, allow=["openai"]).config  # noqa: B018
 
 

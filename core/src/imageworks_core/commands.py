@@ -137,7 +137,9 @@ def health(args: argparse.Namespace, client: Client) -> int:
                 _say(f"  {r.detail}")
             if r.hint and not r.ready:
                 _say("  " + (for_cli(r.hint) or "").replace("\n", "\n  "))
-    return 0 if all(r.ready for r in reports) else 1
+    if all(r.ready for r in reports):
+        return 0
+    return 3 if any(not r.reachable for r in reports) else 1  # 3: nothing answered (as describe)
 
 
 def _say(text: str) -> None:
@@ -236,6 +238,6 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
         print(dumps_json(scrub_data(summary.as_dict()), indent=2))
     else:
         print(summary.render(verbose=args.verbose), file=sys.stderr if args.stream else sys.stdout)
-    if summary.down:  # the backend stayed down past --wait-for-backend: nothing more could be done
+    if summary.no_backend:  # down past --wait-for-backend, or never reached: nothing more could be done
         return 3
     return 1 if summary.failed else 0

@@ -28,7 +28,7 @@ every message and hint is scrubbed of the secrets the process has sent
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from .redact import redact_url, scrub
 
@@ -73,6 +73,15 @@ class ImageWorksError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
+
+    def with_hint(self, hint: str | None) -> Self:
+        """This error with its hint replaced by *hint* (say what to do); returns ``self``.
+
+        ``raise exc.with_hint("restart the server with --max-model-len 8192")``
+        """
+        self.hint = None if hint is None else scrub(hint)
+        self.args = (self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}",)
+        return self
 
     def __reduce__(self):  # keep pickling (and copy) working with keyword-only args
         return (_rebuild, (type(self), self.__dict__.copy()))

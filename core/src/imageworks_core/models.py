@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .errors import ImageWorksError, InputError
+from .errors import ImageWorksError, InputError, redact_url
 
 __all__ = [
     "Attempt",
@@ -263,6 +263,43 @@ class HealthReport:
     max_model_len: int | None = None
     metrics: Mapping[str, float] = attrs.field(factory=dict, converter=_frozen_map)
     rejected: bool = False
+
+    @classmethod
+    def up(cls, ctx: Any, models: Iterable[str] = (), **fields: Any) -> HealthReport:
+        """A ready report for the backend of *ctx* (its name, its base URL without credentials)."""
+        return cls(
+            backend=ctx.name,
+            url=redact_url(ctx.base_url),
+            reachable=True,
+            ready=True,
+            models=tuple(models),
+            **fields,
+        )
+
+    @classmethod
+    def not_ready(cls, ctx: Any, detail: str, hint: str | None = None, **fields: Any) -> HealthReport:
+        """The server answered but cannot serve: *detail* says what was seen, *hint* what to do."""
+        return cls(
+            backend=ctx.name,
+            url=redact_url(ctx.base_url),
+            reachable=True,
+            ready=False,
+            detail=detail,
+            hint=hint,
+            **fields,
+        )
+
+    @classmethod
+    def down(cls, ctx: Any, detail: str, hint: str | None = None) -> HealthReport:
+        """Nothing usable answered: *detail* says what was seen; *hint* defaults to ``ctx.hint``."""
+        return cls(
+            backend=ctx.name,
+            url=redact_url(ctx.base_url),
+            reachable=False,
+            ready=False,
+            detail=detail,
+            hint=ctx.hint if hint is None else hint,
+        )
 
 
 @attrs.frozen(slots=True)

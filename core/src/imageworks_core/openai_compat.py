@@ -24,6 +24,7 @@ from .errors import (
     BackendServerError,
     redact_url,
 )
+from .helpers import max_model_len, sampling
 from .hookspecs import hookimpl
 from .http import error_from_response, extract_error_message, iter_sse_data
 from .jsonbody import encode_body
@@ -169,7 +170,7 @@ class OpenAICompatBackend(BackendBase):
             reachable=True,
             ready=bool(models),
             models=tuple(models),
-            max_model_len=_max_len(raw),
+            max_model_len=max_model_len(raw),
             detail=None if models else "the server lists no models",
         )
 
@@ -240,19 +241,18 @@ class OpenAICompatBackend(BackendBase):
     def build_body(
         self, ctx: BackendContext, request: Request, model: str, *, stream: bool
     ) -> dict[str, Any]:
-        cs = ctx.client_settings
+        asked = sampling(ctx, request)
         body: dict[str, Any] = {
             "model": model,
             "messages": self.build_messages(ctx, request),
-            "max_tokens": request.max_tokens or cs.max_tokens,
+            "max_tokens": asked.max_tokens,
         }
-        temperature = request.temperature if request.temperature is not None else cs.temperature
-        if temperature is not None:
-            body["temperature"] = temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop"] = list(request.stop)
+        if asked.temperature is not None:
+            body["temperature"] = asked.temperature
+        if asked.top_p is not None:
+            body["top_p"] = asked.top_p
+        if asked.stop:
+            body["stop"] = list(asked.stop)
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -312,11 +312,3 @@ class OpenAICompatBackend(BackendBase):
                 backend=ctx.name,
                 hint="see the server log; the image or prompt may be too large for the session length",
             )
-
-
-def _max_len(entries: list[Mapping[str, Any]]) -> int | None:
-    for e in entries:
-        value = e.get("max_model_len")
-        if isinstance(value, int):
-            return value
-    return None

@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .errors import BackendDown, ImageWorksError
+from .errors import BackendDown, BackendUnavailable, ImageWorksError
 from .hints import for_cli
 from .models import Result
 from .redact import scrub
@@ -48,6 +48,8 @@ class Summary:
         outages: ``(backend, url, seconds)`` for each outage seen during the run.
         down: Images that failed because their backend stayed down past
             ``wait_for_backend`` (also in *failed*).
+        unreachable: Images that failed because no backend could be reached
+            (``BackendUnavailable``, *down* included; also in *failed*).
     """
 
     started: float = attrs.field(factory=time.monotonic)
@@ -59,10 +61,19 @@ class Summary:
     hints: list[str] = attrs.Factory(list)
     outages: list[tuple[str, str, float]] = attrs.Factory(list)
     down: list[str] = attrs.Factory(list)
+    unreachable: list[str] = attrs.Factory(list)
     #: Each backend's concurrency limit at the end (adaptive or fixed).
     limits: dict[str, int] = attrs.Factory(dict)
     _down_reason: str = ""
     _failed_backends: Counter[str] = attrs.Factory(Counter)
+
+    @property
+    def no_backend(self) -> bool:
+        """The run could not reach its backend: a backend stayed down past ``wait_for_backend``,
+        or nothing succeeded and every failure was an unreachable backend (the CLI's exit code 3)."""
+        if self.down:
+            return True
+        return not self.ok and bool(self.failed) and len(self.unreachable) == len(self.failed)
 
     def add(self, result: Result) -> None:
         if result.error is None:
@@ -72,6 +83,8 @@ class Summary:
             if isinstance(result.error, BackendDown):
                 self.down.append(image)
                 self._down_reason = self._down_reason or _reason(result.error)
+            if isinstance(result.error, BackendUnavailable):
+                self.unreachable.append(image)
             self.failed.append((image, _reason(result.error).removeprefix(f"{image}: ")))
             hint = for_cli(getattr(result.error, "hint", None))
             if hint and hint not in self.hints:

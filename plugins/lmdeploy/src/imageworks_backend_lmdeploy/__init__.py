@@ -29,9 +29,8 @@ from typing import Any
 
 import attrs
 
-from imageworks_core import (
+from imageworks_core.plugin import (
     BackendContext,
-    BackendError,
     BackendProtocolError,
     BackendRejected,
     BackendSettings,
@@ -41,10 +40,14 @@ from imageworks_core import (
     OpenAICompatBackend,
     PreparedImage,
     Request,
+    drop_fields,
+    extract_error_message,
     load_metrics,
+    max_model_len,
+    probe_metrics,
+    redact_url,
+    set_fields,
 )
-from imageworks_core.errors import redact_url
-from imageworks_core.http import extract_error_message
 
 __all__ = ["LmdeployBackend", "LmdeploySettings", "parse_metrics", "plugin"]
 
@@ -250,23 +253,14 @@ class LmdeployBackend(OpenAICompatBackend):
                 report,
                 ready=bool(models),
                 models=tuple(models),
-                max_model_len=_max_model_len(entries),
+                max_model_len=max_model_len(entries),
                 detail=detail,
             )
         return attrs.evolve(report, metrics=await self.fetch_metrics(ctx))
 
     async def fetch_metrics(self, ctx: BackendContext) -> dict[str, float]:
         """Load figures from ``/metrics`` (on by default since LMDeploy 0.11); ``{}`` when unavailable."""
-        try:
-            resp = await ctx.http.request(
-                "GET", self.root(ctx, "metrics"), timeout=min(HEALTH_TIMEOUT, ctx.settings.timeout)
-            )
-        except BackendError as exc:
-            ctx.log.debug("no metrics from %s: %s", ctx.name, exc.message)
-            return {}
-        if resp.status != 200:
-            return {}
-        return parse_metrics(resp.body.decode("utf-8", "replace"))
+        return await probe_metrics(ctx, self.root(ctx, "metrics"), parse_metrics, timeout=HEALTH_TIMEOUT)
 
     # ------------------------------------------------------------ requests
 
@@ -284,42 +278,25 @@ class LmdeployBackend(OpenAICompatBackend):
         return models[0]
 
     def image_part(self, ctx: BackendContext, image: PreparedImage) -> dict[str, Any]:
-        image_url: dict[str, Any] = {"url": image.data_url()}
-        for key in PIXEL_KEYS:
-            value = getattr(ctx.settings, key, None)
-            if value is not None:
-                image_url[key] = value
+        image_url: dict[str, Any] = {"url": image.data_url(), **set_fields(ctx.settings, PIXEL_KEYS)}
         return {"type": "image_url", "image_url": image_url}
 
     def extra_fields(self, ctx: BackendContext, request: Request) -> Mapping[str, Any]:
         fields = ctx.state.get("extra_fields")
         if fields is None:
-            fields = {}
-            for key in BODY_FIELDS:
-                value = getattr(ctx.settings, key, None)
-                if value is not None:
-                    fields[key] = dict(value) if isinstance(value, Mapping) else value
-            ctx.state["extra_fields"] = fields
+            fields = ctx.state["extra_fields"] = set_fields(ctx.settings, BODY_FIELDS)
         return fields
 
     def build_body(
         self, ctx: BackendContext, request: Request, model: str, *, stream: bool
     ) -> dict[str, Any]:
         body = super().build_body(ctx, request, model, stream=stream)
-        dropped = [key for key in UNSUPPORTED_FIELDS if key in body]
-        if dropped:
-            for key in dropped:
-                del body[key]
-            warned: set[str] = ctx.state.setdefault("warned_dropped", set())
-            fresh = [key for key in dropped if key not in warned]
-            if fresh:
-                warned.update(fresh)
-                ctx.log.warning(
-                    "%s: LMDeploy has no %s; not sending it (use backends.%s.repetition_penalty instead)",
-                    ctx.name,
-                    " / ".join(fresh),
-                    ctx.name,
-                )
+        drop_fields(
+            ctx,
+            body,
+            UNSUPPORTED_FIELDS,
+            f"LMDeploy has no such field (use backends.{ctx.name}.repetition_penalty instead)",
+        )
         # max_pixels / min_pixels given as extras (per request or extra_body) belong in each image.
         pixels = {key: body.pop(key) for key in PIXEL_KEYS if key in body}
         if pixels:
@@ -358,14 +335,6 @@ class LmdeployBackend(OpenAICompatBackend):
                 hint="see the lmdeploy server log; on LMDeploy <= 0.15 this usually means "
                 + SESSION_LEN_HINT,
             )
-
-
-def _max_model_len(entries: list[Mapping[str, Any]]) -> int | None:
-    for entry in entries:
-        value = entry.get("max_model_len")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
 
 
 #: The entry-point target: a stateless plugin object (per-client state lives in the context).

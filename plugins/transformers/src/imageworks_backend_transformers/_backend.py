@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from imageworks_core import (
+from imageworks_core.plugin import (
     BackendBase,
     BackendContext,
     BackendTimeout,
@@ -36,6 +36,7 @@ from imageworks_core import (
     Request,
     Result,
     hookimpl,
+    sampling,
 )
 
 from ._engine import (
@@ -266,13 +267,12 @@ class TransformersBackend(BackendBase):
 
     @staticmethod
     def _prepare(ctx: BackendContext, engine: Engine, request: Request) -> Any:
-        cs = ctx.client_settings
-        temperature = request.temperature if request.temperature is not None else cs.temperature
+        asked = sampling(ctx, request)
         return engine.prepare(
             ctx.name,
             request,
-            max_tokens=request.max_tokens or cs.max_tokens,
-            temperature=temperature,
+            max_tokens=asked.max_tokens,
+            temperature=asked.temperature,
             settings=ctx.settings_as(TransformersSettings),
         )
 

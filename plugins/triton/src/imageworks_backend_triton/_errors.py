@@ -13,16 +13,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from imageworks_core import (
+from imageworks_core.plugin import (
     BackendContext,
     BackendError,
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
     BackendUnavailable,
+    error_from_response,
+    extract_error_message,
+    parse_retry_after,
+    redact_url,
 )
-from imageworks_core.errors import redact_url
-from imageworks_core.http import error_from_response, extract_error_message, parse_retry_after
 
 __all__ = [
     "error_text",

@@ -18,19 +18,20 @@ from urllib.parse import quote
 import anyio
 import attrs
 
-from imageworks_core import (
+from imageworks_core.plugin import (
     BackendContext,
     BackendError,
     BackendProtocolError,
     BackendRejected,
     Chunk,
     HealthReport,
+    HttpResponse,
     Request,
     Result,
+    first_time,
+    iter_sse_data,
+    redact_url,
 )
-from imageworks_core.errors import redact_url
-from imageworks_core.http import iter_sse_data
-from imageworks_core.transport import HttpResponse
 
 from ._errors import (
     error_text,
@@ -136,10 +137,8 @@ def _missing_output(ctx: BackendContext, url: str, output: str, keys: Any) -> Ba
 def _warn_dropped(ctx: BackendContext, plan: Plan) -> None:
     if not plan.dropped:
         return
-    warned: set[tuple[str, str]] = ctx.state.setdefault("triton_warned", set())
-    fresh = [k for k in plan.dropped if (plan.model.name, k) not in warned]
+    fresh = first_time(ctx, f"triton_inputs:{plan.model.name}", plan.dropped)
     if fresh:
-        warned.update((plan.model.name, k) for k in fresh)
         ctx.log.warning(
             "%s: model %r does not declare %s; not sent (its inputs: %s)",
             ctx.name,

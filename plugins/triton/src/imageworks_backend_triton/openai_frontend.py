@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from imageworks_core import (
+from imageworks_core.plugin import (
     BackendContext,
     BackendError,
     BackendRejected,
@@ -22,8 +22,9 @@ from imageworks_core import (
     OpenAICompatBackend,
     Request,
     Result,
+    drop_fields,
+    redact_url,
 )
-from imageworks_core.errors import redact_url
 
 from ._settings import OPENAI_DEFAULT_URL, TritonSettings
 
@@ -149,16 +150,11 @@ class TritonOpenAIFrontend(OpenAICompatBackend):
         self, ctx: BackendContext, request: Request, model: str, *, stream: bool
     ) -> dict[str, Any]:
         body = super().build_body(ctx, request, model, stream=stream)
-        dropped = sorted(k for k in body if k not in ALLOWED_FIELDS)
-        for key in dropped:
-            del body[key]
-        shown = [k for k in dropped if k != "stream_options"]
-        if shown:
-            warned: set[str] = ctx.state.setdefault("triton_openai_warned", set())
-            fresh = [k for k in shown if k not in warned]
-            if fresh:
-                warned.update(fresh)
-                ctx.log.warning(
-                    "%s: Triton's OpenAI frontend rejects %s (HTTP 422); not sent", ctx.name, ", ".join(fresh)
-                )
+        body.pop("stream_options", None)  # not sent, without a warning: nothing the user asked for
+        drop_fields(
+            ctx,
+            body,
+            sorted(k for k in body if k not in ALLOWED_FIELDS),
+            "Triton's OpenAI frontend rejects them (HTTP 422)",
+        )
         return body

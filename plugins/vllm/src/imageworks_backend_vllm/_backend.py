@@ -35,7 +35,7 @@ from imageworks_core import (
     Result,
     hookimpl,
 )
-from imageworks_core.errors import redact_url
+from imageworks_core.plugin import first_time, max_model_len, probe_metrics, redact_url
 
 from ._metrics import parse_metrics
 from ._settings import VllmSettings
@@ -166,7 +166,7 @@ class VllmBackend(OpenAICompatBackend):
 
         ids, entries = found["models"]
         common["models"] = tuple(ids)
-        common["max_model_len"] = _max_model_len(entries)
+        common["max_model_len"] = max_model_len(entries)
         if resp.status not in (200, 404):
             return HealthReport(
                 ready=False,
@@ -215,13 +215,7 @@ class VllmBackend(OpenAICompatBackend):
 
     async def _probe_metrics(self, ctx: BackendContext) -> dict[str, float]:
         """Load figures from ``GET /metrics`` (Prometheus text); empty when it is absent."""
-        try:
-            resp = await ctx.http.request("GET", self.root(ctx, "metrics"), timeout=_PROBE_TIMEOUT)
-        except BackendError:
-            return {}
-        if resp.status != 200:
-            return {}
-        return parse_metrics(resp.body.decode("utf-8", "replace"))
+        return await probe_metrics(ctx, self.root(ctx, "metrics"), parse_metrics, timeout=_PROBE_TIMEOUT)
 
     def _auth_problem(self, ctx: BackendContext) -> tuple[str, str]:
         """Detail and hint for a 401/403 from ``/v1/models`` while ``/health`` answered."""
@@ -307,10 +301,8 @@ class VllmBackend(OpenAICompatBackend):
         return translated or None
 
     def _warn_guided(self, ctx: BackendContext, key: str) -> None:
-        warned: set[str] = ctx.state.setdefault("vllm_guided_warned", set())
-        if key in warned:
+        if not first_time(ctx, "vllm_guided", [key]):
             return
-        warned.add(key)
         if key in GUIDED_FIELDS:
             ctx.log.warning(
                 "%s: %r was removed in vLLM 0.12 and is silently ignored there; "
@@ -369,8 +361,7 @@ class VllmBackend(OpenAICompatBackend):
         ):
             hint = await self._unknown_model_hint(ctx, model)
         if hint is not None:
-            exc.hint = hint
-            exc.args = (f"{exc.message}\n  hint: {hint}",)
+            exc.with_hint(hint)
 
     async def _unknown_model_hint(self, ctx: BackendContext, model: str) -> str | None:
         try:
@@ -397,12 +388,3 @@ def _api_key_hint(ctx: BackendContext) -> str:
         f'(e.g. VLLM_API_KEY) and set backends.{ctx.name}.api_key_env = "VLLM_API_KEY" '
         f"(or {env}=VLLM_API_KEY)"
     )
-
-
-def _max_model_len(entries: list[Mapping[str, Any]]) -> int | None:
-    """``max_model_len`` of the first base model (LoRA adapters, with ``parent`` set, come after)."""
-    for entry in sorted(entries, key=lambda e: bool(e.get("parent"))):
-        value = entry.get("max_model_len")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None

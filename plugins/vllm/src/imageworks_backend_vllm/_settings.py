@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from imageworks_core import BackendSettings
+from imageworks_core.plugin import BackendSettings, set_fields
 
 __all__ = ["VllmSettings"]
 
@@ -76,15 +76,7 @@ class VllmSettings(BackendSettings):
 
     def body_fields(self) -> dict[str, Any]:
         """The request-body fields these settings add (only those that are set)."""
-        out: dict[str, Any] = {}
-        for name in SCALAR_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        for name in MAPPING_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = dict(value)
+        out = set_fields(self, (*SCALAR_FIELDS, *MAPPING_FIELDS))
         mm = dict(self.mm_processor_kwargs or {})
         if self.max_pixels is not None:
             mm["max_pixels"] = self.max_pixels
