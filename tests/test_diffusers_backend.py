@@ -120,3 +120,23 @@ def test_cli_generate_with_diffusers(tiny_sd: Path, tmp_path: Path) -> None:
     assert "Steps: 2, Sampler: DDIMScheduler, CFG scale: 7.5, Seed: 8, Size: 64x48, " in params
     records = read_jsonl(tmp_path / "imageworks-generated.jsonl")
     assert [r["seed"] for r in records] == [7, 8]
+
+
+@pytest.mark.anyio
+async def test_cancel_stops_the_pipeline_and_the_next_request_runs(tiny_sd: Path) -> None:
+    import time
+
+    import anyio
+
+    async with sd_client(tiny_sd) as c:
+        await c.generate_image(ImageRequest("warm", size="32x32", steps=1, seed=1))  # loaded
+        start = time.monotonic()
+        with anyio.move_on_after(0.5) as scope:
+            await c.generate_image(ImageRequest("long", size="64x64", steps=900, seed=1))
+        assert scope.cancelled_caught and time.monotonic() - start < 3
+        st = c.context("diffusers").state["diffusers"]
+        before = st.generations
+        # the abandoned generation stops at its next step, so this one gets the pipeline soon
+        r = await c.generate_image(ImageRequest("after", size="32x32", steps=1, seed=2))
+        assert len(r.images) == 1 and time.monotonic() - start < 30
+        assert st.generations == before + 2  # the interrupted run ended (counted) before this one
