@@ -32,7 +32,7 @@ if [ "$dev" = 1 ]; then
     # Test-only servers and tools are pinned in one place (constraints/test.txt); runtime
     # dependencies of the distributions are not, so they stay as current as a user's.
     pip install -q -c constraints/test.txt "torch==2.13.0"
-    pip install -q -c constraints/test.txt -e plugins/transformers -e ".[test,lint]" \
+    pip install -q -c constraints/test.txt -e plugins/transformers -e plugins/diffusers -e ".[test,lint]" \
         "transformers[serving]" tokenizers nvidia-pytriton uvloop
     # the gateway's extra, and the official openai SDK its tests call it with
     pip install -q -c constraints/test.txt -e "core[serve]" openai

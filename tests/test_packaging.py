@@ -30,6 +30,7 @@ DISTRIBUTIONS = [
     "plugins/lmdeploy",
     "plugins/triton",
     "plugins/transformers",
+    "plugins/diffusers",
     "examples/imageworks-backend-echo",
 ]
 

@@ -50,6 +50,17 @@ content in chunks of that many characters instead of three pieces).  Faults:
   ``"[<request_id>] A grey cat on a sofa."`` (``"content"`` overrides it;
   ``{request_id}`` in it is substituted) and the ``X-Request-Id`` response header
   echoes the id.
+* ``"ok"`` on ``POST /v1/images/generations`` -- the OpenAI images API (shapes from the API
+  reference, https://platform.openai.com/docs/api-reference/images/create, as typed in
+  openai-python ``types/image_generate_params.py`` / ``images_response.py``): the body must be a
+  JSON object with a non-empty string ``prompt``; ``n`` an integer 1..10 (default 1); ``size``
+  ``"WxH"`` or ``"auto"``; ``response_format`` ``"url"`` (the API's default) or ``"b64_json"``;
+  anything else is a 400 ``{"error": {"message", "type": "invalid_request_error", "param",
+  "code": null}}``.  The answer is ``{"created": <unix s>, "data": [{"b64_json" | "url",
+  "revised_prompt"?}, ...]}`` with ``n`` PNGs of the asked size (at most 64x64 pixels here),
+  a solid colour that is a function of prompt and index.  ``"revised_prompt"`` in the action adds
+  that field; ``"url_base"`` makes the URLs point at another origin (default: this server);
+  a URL is served once from ``GET /files/<name>.png`` (then 404, like an expired link).
 * ``"status"`` -- ``"status"`` (default 500), ``"body"``: an object/list (sent
   as JSON) or a string (sent verbatim, ``text/plain`` unless ``"content_type"``);
   absent -> ``{"error": {"message": "injected <status>", ...}}``.
@@ -98,6 +109,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -106,6 +118,7 @@ import struct
 import time
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -148,6 +161,8 @@ ACTION_KEYS = frozenset(
         "piece_chars",
         "events",
         "done",
+        "revised_prompt",
+        "url_base",
     }
 )
 RULE_KEYS = ACTION_KEYS | {"match", "times", "skip"}
@@ -337,6 +352,8 @@ def _request_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | No
     if isinstance(metadata, dict) and isinstance(metadata.get("request_id"), str | int):
         return str(metadata["request_id"])
     text = _first_text(body.get("messages"))
+    if text is None and isinstance(body.get("prompt"), str):  # the images API
+        text = body["prompt"]
     if text is None:
         return None
     found = _ID_IN_TEXT.search(text)
@@ -436,10 +453,72 @@ def _pieces(content: str) -> list[str]:
 # -- the app ----------------------------------------------------------------------------------------
 
 
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour RGB PNG, stdlib only."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _bad_image_request(body: Any) -> tuple[str, str] | None:
+    """(message, param) when *body* breaks the images API's request shape, else ``None``."""
+    if not isinstance(body, dict):
+        return "expected a JSON object body", "body"
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        return "'prompt' is a required non-empty string", "prompt"
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10:
+        return f"Invalid 'n': {n!r}; expected an integer from 1 to 10", "n"
+    size = body.get("size", "auto")
+    if not isinstance(size, str) or not (size == "auto" or re.fullmatch(r"[1-9]\d*x[1-9]\d*", size)):
+        return f"Invalid 'size': {size!r}", "size"
+    if body.get("response_format", "url") not in ("url", "b64_json"):
+        return f"Invalid 'response_format': {body.get('response_format')!r}", "response_format"
+    return None
+
+
 def make_app() -> Any:
     from aiohttp import web
 
     state = State()
+    files: dict[str, bytes] = {}
+
+    def answer_images(
+        request: web.Request, info: RequestInfo, action: Mapping[str, Any], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        bad = _bad_image_request(info.body if info.json_ok else None)
+        if bad is not None:
+            error = {"message": bad[0], "type": "invalid_request_error", "param": bad[1], "code": None}
+            return web.json_response({"error": error}, status=400, headers=headers)
+        body = info.body
+        size = body.get("size", "auto")
+        width, height = (32, 32) if size == "auto" else (int(x) for x in size.split("x"))
+        width, height = min(width, 64), min(height, 64)
+        base = str(action.get("url_base") or f"{request.scheme}://{request.host}")
+        data = []
+        for i in range(int(body.get("n", 1))):
+            digest = zlib.crc32(f"{body['prompt']}#{i}".encode())
+            png = _png(width, height, (digest & 255, (digest >> 8) & 255, (digest >> 16) & 255))
+            entry: dict[str, Any] = {}
+            if body.get("response_format", "url") == "b64_json":
+                entry["b64_json"] = base64.b64encode(png).decode()
+            else:
+                name = f"img-{state.seq}-{i}.png"
+                files[name] = png
+                entry["url"] = f"{base}/files/{name}"
+            if "revised_prompt" in action:
+                entry["revised_prompt"] = str(action["revised_prompt"])
+            data.append(entry)
+        return web.json_response({"created": int(time.time()), "data": data}, headers=headers)
 
     async def control_script(request: web.Request) -> web.Response:
         if request.method == "GET":
@@ -512,6 +591,13 @@ def make_app() -> Any:
                 ],
             }
             return web.json_response(models, headers=headers)
+        if info.path == "/v1/images/generations" and request.method == "POST":
+            return answer_images(request, info, action, headers)
+        if info.path.startswith("/files/") and request.method == "GET":
+            png = files.pop(info.path[len("/files/") :], None)
+            if png is None:
+                return web.json_response({"error": {"message": "no such file"}}, status=404, headers=headers)
+            return web.Response(body=png, content_type="image/png", headers=headers)
         if info.path != "/v1/chat/completions":
             return web.json_response(
                 {"error": {"message": f"no route {info.path}"}}, status=404, headers=headers

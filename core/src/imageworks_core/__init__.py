@@ -33,9 +33,13 @@ __all__ = [
     "Config",
     "ConfigError",
     "Event",
+    "GeneratedImage",
     "HealthReport",
+    "ImageRequest",
+    "ImageResult",
     "ImageWorksError",
     "InputError",
+    "KINDS",
     "OpenAICompatBackend",
     "OutputError",
     "PluginError",
@@ -76,9 +80,13 @@ _WHERE = {
     "Config": "config",
     "ConfigError": "errors",
     "Event": "events",
+    "GeneratedImage": "image_models",
     "HealthReport": "models",
+    "ImageRequest": "image_models",
+    "ImageResult": "image_models",
     "ImageWorksError": "errors",
     "InputError": "errors",
+    "KINDS": "models",
     "OpenAICompatBackend": "openai_compat",
     "OutputError": "errors",
     "PluginError": "errors",
@@ -136,9 +144,11 @@ if TYPE_CHECKING:
     )
     from .events import Event
     from .hookspecs import hookimpl
+    from .image_models import GeneratedImage, ImageRequest, ImageResult
     from .images import aprepare_image, prepare_image
     from .metrics import load_metrics, prometheus_samples
     from .models import (
+        KINDS,
         Attempt,
         BackendInfo,
         Capabilities,

@@ -238,8 +238,15 @@ class ItemRunner:
         seq: int = 0,
         on_event: OnEvent | None = None,
         on_chunk: OnChunk | None = None,
+        hook: str | None = None,
     ) -> Result:
-        """Answer *request* with retries, outages and fallback; never raises for backend/input errors."""
+        """Answer *request* with retries, outages and fallback; never raises for backend/input errors.
+
+        *hook* names another hook than ``infer`` / ``stream`` (``generate_image``): its request
+        carries ``backend``, ``model``, ``fallback``, ``timeout`` and ``id`` as ``Request`` does, and
+        its result has ``Result``'s ``latency``, ``queue_time``, ``attempts``, ``id``, ``item`` and
+        ``base_url`` (a failure still comes back as a ``Result`` with ``error`` set).
+        """
         rid = item_id or request.id or ""
         policy = self.backends.settings.retry
         st = _Item(rid=rid, seq=seq, item=item, start=time.monotonic())
@@ -252,7 +259,7 @@ class ItemRunner:
             ctx = ep.context
             try:
                 req = self.apply_model_policy(name, request)
-                caller = self.backends.hook(name, "stream" if on_chunk else "infer")
+                caller = self.backends.hook(name, hook or ("stream" if on_chunk else "infer"))
             except ImageWorksError as exc:
                 return self._failed(st, name, exc, on_event)
             pool = self.pool(name)

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="every setting, its value and where it came from (secrets redacted)")
     show.add_argument("--json", action="store_true", help="JSON output")
     _backend_flags(show)
+    from .generate import add_parser as add_generate_parser
+
+    add_generate_parser(sub, epilog)
     from .compare.command import add_parser as add_compare_parser
 
     add_compare_parser(sub, epilog)
@@ -309,6 +312,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return commands.backends(args)
     if args.command == "health":
         return commands.health(args, _client(args))
+    if args.command == "generate":
+        from .generate import command as generate
+
+        return generate(args, _client)
     if args.command == "compare":
         from .compare.command import compare
 

@@ -38,6 +38,8 @@ from .transport import Timeouts, Transport, open_transport
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
+    from .events import OnEvent
+    from .image_models import ImageRequest, ImageResult
 
 __all__ = ["Client", "ClientArgs"]
 
@@ -396,8 +398,21 @@ class Client:
         return pool
 
     def hook(self, name: str, hook: str) -> Any:
-        """The caller of backend *name*'s *hook* (``infer``, ``stream``, ``health``)."""
-        return self.registry.caller(name, hook)
+        """The caller of backend *name*'s *hook* (``infer``, ``stream``, ``health``).
+
+        Raises:
+            ConfigError: *name* does not implement *hook*, a hook of a kind it does not declare.
+        """
+        caller = self.registry.caller(name, hook)
+        if hook in ("infer", "stream", "generate_image") and not caller.get_hookimpls():
+            kinds = self.info(name).capabilities.kinds
+            what = "generate images" if hook == "generate_image" else "answer text or vision requests"
+            raise ConfigError(
+                f"backend {name!r} cannot {what} (its kinds: {', '.join(kinds)})",
+                key="backend",
+                hint="send this request to a backend of that kind (imageworks backends lists them)",
+            )
+        return caller
 
     def info(self, name: str) -> BackendInfo:
         """Backend *name*'s metadata."""
@@ -515,6 +530,17 @@ class Client:
             result.error.attempts = tuple(result.attempts)
             raise result.error
         return result
+
+    async def generate_image(self, request: ImageRequest, *, on_event: OnEvent | None = None) -> ImageResult:
+        """Generate images on a backend of kind ``image_generation``, with retries and fallback.
+
+        Raises:
+            ConfigError: the request's (or every configured) backend cannot generate images.
+            ImageWorksError: the final error, carrying ``attempts``.
+        """
+        from .generation import generate
+
+        return await generate(self, request, on_event=on_event)
 
     async def stream(self, request: Request) -> AsyncIterator[Chunk]:
         """Stream one answer from the request's (or the configured) backend.

@@ -98,6 +98,7 @@ def backends(args: argparse.Namespace) -> int:
         print(f"{r['name']:<12} {r['distribution'] or 'in-process'} {r['version'] or ''}{default}")
         print(f"{'':<12} {r['description']}")
         print(f"{'':<12} url {r['default_base_url']}; {flags}")
+        print(f"{'':<12} kinds: {', '.join(caps['kinds'])}")
     if not any(r["name"] == "vllm" and not r["error"] for r in rows):
         print("note: the default backend 'vllm' is not installed: pip install imageworks-backend-vllm")
     return 0

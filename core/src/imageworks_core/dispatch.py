@@ -50,8 +50,12 @@ class Dispatcher:
         on_event: OnEvent | None = None,
         on_chunk: OnChunk | None = None,
         seq: int | None = None,
+        hook: str | None = None,
     ) -> Result:
-        """Answer *request* with retries, outages and fallback; never raises for backend/input errors."""
+        """Answer *request* with retries, outages and fallback; never raises for backend/input errors.
+
+        *hook*: another hook than ``infer`` / ``stream`` (see ``ItemRunner.run``).
+        """
         return await self.runner.run(
             request,
             item_id=item_id,
@@ -59,6 +63,7 @@ class Dispatcher:
             seq=next(self._priority) if seq is None else seq,
             on_event=on_event,
             on_chunk=on_chunk,
+            hook=hook,
         )
 
     def stream_one(self, request: Request) -> AsyncGenerator[Chunk, None]:

@@ -6,7 +6,10 @@ its functions with ``imageworks_core.hookimpl``.  Every backend implements the
 four hooks ``backend_info``, ``health``, ``infer`` and ``stream``; ``infer``,
 ``health`` are ``async def``, ``stream`` is an ``async def`` generator.  The
 ``warmup`` hook is optional (``async def``; without it the core sends a
-one-token text request through ``infer``).  The core calls exactly one backend's implementation
+one-token text request through ``infer``).  ``generate_image`` is required of a
+backend whose ``Capabilities.kinds`` holds ``image_generation`` (and only of it);
+one that declares neither ``vision`` nor ``text`` may leave ``infer`` and
+``stream`` out.  The core calls exactly one backend's implementation
 per request, so a backend never sees another backend's traffic.
 
 Hooks may accept fewer arguments than the spec (pluggy passes only the names
@@ -23,6 +26,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .context import BackendContext
+    from .image_models import ImageRequest, ImageResult
     from .models import BackendInfo, Chunk, HealthReport, Request, Result
 
 PROJECT = "imageworks"
@@ -78,3 +82,16 @@ def stream(ctx: BackendContext, request: Request) -> AsyncIterator[Chunk]:
     Raise like ``infer``, also for errors the server reports inside the stream.
     """
     raise NotImplementedError  # a specification: backends implement it
+
+
+@hookspec(firstresult=True)
+def generate_image(ctx: BackendContext, request: ImageRequest) -> Awaitable[ImageResult]:
+    """Generate ``request.n`` images for *request* (backends of kind ``image_generation``).
+
+    Return an ``ImageResult`` with the encoded images and, as far as the
+    server reports them, the seed and parameters actually used, a revised
+    prompt and timings.  Raise like ``infer`` (``BackendRejected`` for a
+    refused prompt, ``BackendUnavailable`` when the server is down ...); the
+    core retries, falls back to another image backend and waits out outages.
+    """
+    raise NotImplementedError  # a specification: image-generation backends implement it

@@ -20,12 +20,17 @@ __all__ = [
     "BackendInfo",
     "Capabilities",
     "Chunk",
+    "KINDS",
     "HealthReport",
     "PreparedImage",
     "Request",
     "Result",
     "Usage",
 ]
+
+
+#: The kinds of backend: what a backend may declare in ``Capabilities.kinds``.
+KINDS = ("vision", "text", "image_generation")
 
 
 def _images(value: Iterable[Any]) -> tuple[PreparedImage, ...]:
@@ -312,6 +317,11 @@ class Capabilities:
         max_images: Images per request it accepts, ``None`` for no fixed cap.
         model_switch: A request may name another model than the configured one.
         structured_output: Supports JSON-schema constrained output.
+        kinds: The kinds of work it does, from ``KINDS``: ``vision`` (images
+            in, text out), ``text`` (text in, text out), ``image_generation``
+            (text in, images out, through the ``generate_image`` hook).  Not
+            given: ``("vision", "text")``, or ``("text",)`` with
+            ``vision=False``.  Given, it decides ``vision``.
     """
 
     vision: bool = True
@@ -319,6 +329,18 @@ class Capabilities:
     max_images: int | None = None
     model_switch: bool = True
     structured_output: bool = False
+    kinds: tuple[str, ...] = attrs.field(default=None, converter=lambda v: None if v is None else _strings(v))
+
+    def __attrs_post_init__(self) -> None:
+        if self.kinds is None:  # not declared: what ``vision`` says (text always)
+            object.__setattr__(self, "kinds", ("vision", "text") if self.vision else ("text",))
+            return
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown backend kind(s) {unknown}; known kinds: {', '.join(KINDS)}")
+        if not self.kinds:
+            raise ValueError("a backend declares at least one kind")
+        object.__setattr__(self, "vision", "vision" in self.kinds)
 
 
 @attrs.frozen(slots=True)

@@ -28,7 +28,7 @@ __all__ = ["ENTRY_POINT_GROUP", "BackendRegistry", "LoadFailure", "LoadedBackend
 
 ENTRY_POINT_GROUP = "imageworks.backends"
 _REQUIRED = {"backend_info": "sync", "health": "coroutine", "infer": "coroutine", "stream": "asyncgen"}
-_OPTIONAL = {"warmup": "coroutine"}
+_OPTIONAL = {"warmup": "coroutine", "generate_image": "coroutine"}
 
 
 def _env_list(name: str, env: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
@@ -85,12 +85,33 @@ class LoadFailure:
     value: str | None = None
 
 
+def _required_for(plugin: Any, impls: Mapping[str, Any]) -> set[str]:
+    """The hooks this plugin's declared kinds require (``generate_image`` for image generation;
+    ``infer`` / ``stream`` unless it is an image-generation-only backend)."""
+    required = {"backend_info", "health"}
+    caller = impls.get("backend_info")
+    info = None
+    if caller is not None:
+        fn = next((i.function for i in caller.get_hookimpls() if i.plugin is plugin), None)
+        try:
+            info = fn() if fn is not None and not inspect.iscoroutinefunction(fn) else None
+        except Exception:  # reported below, by the full check
+            info = None
+    kinds = info.capabilities.kinds if isinstance(info, BackendInfo) else ("vision", "text")
+    if "vision" in kinds or "text" in kinds:
+        required |= {"infer", "stream"}
+    if "image_generation" in kinds:
+        required.add("generate_image")
+    return required
+
+
 def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> BackendInfo:
     """Raise ``PluginError`` unless *plugin* implements every hook correctly."""
     impls = {caller.name: caller for caller in (pm.get_hookcallers(plugin) or [])}
+    required = _required_for(plugin, impls)
     for hook, kind in {**_REQUIRED, **_OPTIONAL}.items():
         if hook not in impls:
-            if hook in _OPTIONAL:
+            if hook not in required:
                 continue
             raise PluginError(f"backend {name!r} does not implement the {hook!r} hook", plugin=name)
         fn = next(i.function for i in impls[hook].get_hookimpls() if i.plugin is plugin)

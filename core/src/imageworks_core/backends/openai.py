@@ -1,6 +1,7 @@
 """The generic OpenAI-compatible backend (``openai``), shipped with the core.
 
-Works with any server that speaks ``/v1/chat/completions`` with image parts:
+Works with any server that speaks ``/v1/chat/completions`` with image parts
+(and generates images over ``/v1/images/generations``, see ``openai_images``):
 Ollama, llama.cpp's server, LM Studio, KoboldCpp, text-generation-webui,
 OpenRouter, OpenAI, Anthropic's, Gemini's, Mistral's and DashScope's
 OpenAI-compatible endpoints, Chutes and NanoGPT.  ``preset`` fills in the base
@@ -24,6 +25,7 @@ from ..errors import BackendProtocolError, BackendRejected
 from ..helpers import drop_fields
 from ..models import Capabilities, Request
 from ..openai_compat import OpenAICompatBackend
+from ..openai_images import OpenAIImagesMixin
 from ..settings import BackendSettings
 
 #: name -> (base URL, API-key environment variable or None)
@@ -121,9 +123,13 @@ class OpenAISettings(BackendSettings):
             ``chutes``, ``nanogpt``, ``mistral``): fills in ``base_url`` and
             ``api_key_env`` when those are unset, and applies the service's
             quirks (fields it rejects, image limits).
+        image_model: The model for image generation (``dall-e-3``,
+            ``gpt-image-1`` ...) when a request names none; unset, the
+            server's default (OpenAI: ``dall-e-2``).  ``model`` is the chat model.
     """
 
     preset: str | None = attrs.field(default=None, validator=_check_preset)
+    image_model: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.preset is None:
@@ -135,11 +141,17 @@ class OpenAISettings(BackendSettings):
             object.__setattr__(self, "api_key_env", key_env)
 
 
-class OpenAIBackend(OpenAICompatBackend):
+class OpenAIBackend(OpenAICompatBackend, OpenAIImagesMixin):
     name = "openai"
     description = "Any OpenAI-compatible server (Ollama, llama.cpp, LM Studio, OpenRouter, OpenAI, ...)"
     default_base_url = "http://localhost:8000/v1"
-    capabilities = Capabilities(vision=True, streaming=True, max_images=None, model_switch=True)
+    capabilities = Capabilities(
+        vision=True,
+        streaming=True,
+        max_images=None,
+        model_switch=True,
+        kinds=("vision", "text", "image_generation"),
+    )
     settings_cls = OpenAISettings
     launch_hints = (
         'ollama serve   (then: backends.openai.preset = "ollama")',

@@ -199,7 +199,12 @@ class LmdeployBackend(OpenAICompatBackend):
     description = "LMDeploy api_server (TurboMind / PyTorch engines), OpenAI-compatible on port 23333"
     default_base_url = "http://localhost:23333/v1"
     capabilities = Capabilities(
-        vision=True, streaming=True, max_images=None, model_switch=False, structured_output=True
+        vision=True,
+        streaming=True,
+        max_images=None,
+        model_switch=False,
+        structured_output=True,
+        kinds=("vision", "text"),
     )
     settings_cls = LmdeploySettings
     launch_hints = (

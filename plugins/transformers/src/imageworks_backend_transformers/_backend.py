@@ -94,7 +94,12 @@ class TransformersBackend(BackendBase):
     #: No server: a reserved name that never resolves (RFC 2606), shown where other backends show a URL.
     default_base_url = "http://in-process.invalid"
     capabilities = Capabilities(
-        vision=True, streaming=True, max_images=None, model_switch=False, structured_output=False
+        vision=True,
+        streaming=True,
+        max_images=None,
+        model_switch=False,
+        structured_output=False,
+        kinds=("vision", "text"),
     )
     settings_cls = TransformersSettings
     launch_hints = (

@@ -55,7 +55,9 @@ class TritonBackend:
     """
 
     name = "triton"
-    capabilities = Capabilities(vision=True, streaming=True, max_images=None, model_switch=True)
+    capabilities = Capabilities(
+        vision=True, streaming=True, max_images=None, model_switch=True, kinds=("vision", "text")
+    )
 
     def __init__(self) -> None:
         self._openai = TritonOpenAIFrontend()

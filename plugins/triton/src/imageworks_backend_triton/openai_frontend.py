@@ -80,7 +80,9 @@ class TritonOpenAIFrontend(OpenAICompatBackend):
     name = "triton"
     description = "Triton's OpenAI-compatible frontend (text only)"
     default_base_url = OPENAI_DEFAULT_URL
-    capabilities = Capabilities(vision=False, streaming=True, max_images=0, model_switch=True)
+    capabilities = Capabilities(
+        vision=False, streaming=True, max_images=0, model_switch=True, kinds=("text",)
+    )
     settings_cls = TritonSettings
     force_v1 = True
 

@@ -78,7 +78,12 @@ class VllmBackend(OpenAICompatBackend):
     description = "vLLM's OpenAI-compatible server (vllm serve)"
     default_base_url = "http://localhost:8000/v1"
     capabilities = Capabilities(
-        vision=True, streaming=True, max_images=None, model_switch=True, structured_output=True
+        vision=True,
+        streaming=True,
+        max_images=None,
+        model_switch=True,
+        structured_output=True,
+        kinds=("vision", "text"),
     )
     settings_cls = VllmSettings
     launch_hints = (

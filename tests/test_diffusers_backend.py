@@ -1,0 +1,142 @@
+"""The in-process ``diffusers`` backend, end to end on a tiny random-weight pipeline.
+
+The pipeline is built in this test session (``tests/servers/tiny_sd.py``; shapes from
+diffusers' own fast tests, a byte-level CLIP vocabulary written here): the real
+loading and generation code runs on CPU and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("imageworks_backend_diffusers")
+
+from cli_helpers import read_jsonl, run_cli, show
+from PIL import Image
+
+from imageworks_core import BackendRejected, Client, ConfigError, ImageRequest
+
+STEPS = 2
+SETTINGS = {"device": "cpu", "local_files_only": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from servers import tiny_sd
+
+    return tiny_sd.build(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def sd_client(folder: Path, **kw: Any) -> Client:
+    return Client(
+        backend="diffusers",
+        overrides={
+            "backends": {"diffusers": {"model": str(folder), "device": "cpu", "local_files_only": True}}
+        },
+        user_file=False,
+        project_file=False,
+        allow=["diffusers"],
+        **kw,
+    )
+
+
+@pytest.mark.anyio
+async def test_generates_deterministic_images_with_a_seed(tiny_sd: Path) -> None:
+    async with sd_client(tiny_sd) as c:
+        first = await c.generate_image(ImageRequest("a red barn", n=2, seed=123, steps=STEPS, size="64x64"))
+        again = await c.generate_image(ImageRequest("a red barn", n=1, seed=124, steps=STEPS, size="64x64"))
+        other = await c.generate_image(ImageRequest("a red barn", n=1, seed=999, steps=STEPS, size="64x64"))
+    assert first.backend == "diffusers" and len(first.images) == 2
+    assert [i.seed for i in first.images] == [123, 124] and first.seed == 123
+    for img in first.images:
+        assert img.mime == "image/png" and (img.width, img.height) == (64, 64)
+        with Image.open(io.BytesIO(img.data)) as im:
+            assert im.size == (64, 64)
+    # image i uses seed + i whatever n is: the second image of the first request is the
+    # first image of a request with seed 124
+    assert again.images[0].data == first.images[1].data
+    assert other.images[0].data != first.images[0].data
+    assert first.parameters["steps"] == STEPS and first.parameters["sampler"] == "DDIMScheduler"
+    assert "load" in first.timings and "load" not in again.timings  # loaded once, lazily
+    assert first.timings["generate"] > 0
+
+
+@pytest.mark.anyio
+async def test_without_a_seed_one_is_drawn_and_reported(tiny_sd: Path) -> None:
+    async with sd_client(tiny_sd) as c:
+        r = await c.generate_image(ImageRequest("noise", steps=1, size="32x32"))
+        again = await c.generate_image(ImageRequest("noise", steps=1, size="32x32", seed=r.seed))
+    assert isinstance(r.seed, int) and again.images[0].data == r.images[0].data
+
+
+@pytest.mark.anyio
+async def test_bad_sizes_and_arguments_are_rejected(tiny_sd: Path) -> None:
+    async with sd_client(tiny_sd) as c:
+        with pytest.raises(BackendRejected, match="multiple of 8"):
+            await c.generate_image(ImageRequest("x", size="60x64", steps=1))
+        with pytest.raises(BackendRejected, match="refused"):
+            await c.generate_image(ImageRequest("x", size="32x32", steps=1, extras={"height": 60}))
+        ok = await c.generate_image(ImageRequest("still works", size="32x32", steps=1, seed=1))
+    assert len(ok.images) == 1  # a refused request loses nothing else
+
+
+@pytest.mark.anyio
+async def test_text_requests_are_refused_clearly(tiny_sd: Path) -> None:
+    from imageworks_core import Request
+
+    async with sd_client(tiny_sd) as c:
+        with pytest.raises(ConfigError, match="cannot answer text or vision requests"):
+            await c.infer(Request(prompt="hi"))
+
+
+@pytest.mark.anyio
+async def test_close_unloads_the_pipeline(tiny_sd: Path) -> None:
+    c = sd_client(tiny_sd)
+    async with c:
+        await c.generate_image(ImageRequest("x", size="32x32", steps=1, seed=3))
+        st = c.context("diffusers").state["diffusers"]
+        assert st.pipe is not None
+    assert st.pipe is None and st.closed
+
+
+def test_cli_generate_with_diffusers(tiny_sd: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[backends.diffusers]\nmodel = "{tiny_sd}"\ndevice = "cpu"\nlocal_files_only = true\n')
+    args = ["generate", "a small test chart", "--backend", "diffusers", "--config", str(cfg)]
+    args += ["--seed", "7", "--steps", "2", "--size", "64x48", "-n", "2", "--negative", "text, watermark"]
+    proc = run_cli(tmp_path, *args, timeout=300)
+    assert proc.returncode == 0, show(proc)
+    names = proc.stdout.split()
+    assert names == ["a-small-test-chart_001.png", "a-small-test-chart_002.png"]
+    with Image.open(tmp_path / names[1]) as im:
+        params = im.text["parameters"]  # type: ignore[attr-defined]
+        assert im.size == (64, 48)
+    assert params.split("\n")[1] == "Negative prompt: text, watermark"
+    assert "Steps: 2, Sampler: DDIMScheduler, CFG scale: 7.5, Seed: 8, Size: 64x48, " in params
+    records = read_jsonl(tmp_path / "imageworks-generated.jsonl")
+    assert [r["seed"] for r in records] == [7, 8]
+
+
+@pytest.mark.anyio
+async def test_cancel_stops_the_pipeline_and_the_next_request_runs(tiny_sd: Path) -> None:
+    import time
+
+    import anyio
+
+    async with sd_client(tiny_sd) as c:
+        await c.generate_image(ImageRequest("warm", size="32x32", steps=1, seed=1))  # loaded
+        start = time.monotonic()
+        with anyio.move_on_after(0.5) as scope:
+            await c.generate_image(ImageRequest("long", size="64x64", steps=900, seed=1))
+        assert scope.cancelled_caught and time.monotonic() - start < 3
+        st = c.context("diffusers").state["diffusers"]
+        before = st.generations
+        # the abandoned generation stops at its next step, so this one gets the pipeline soon
+        r = await c.generate_image(ImageRequest("after", size="32x32", steps=1, seed=2))
+        assert len(r.images) == 1 and time.monotonic() - start < 30
+        assert st.generations == before + 2  # the interrupted run ended (counted) before this one
