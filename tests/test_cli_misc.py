@@ -284,7 +284,6 @@ def test_describe_with_nothing_listening_exits_3(tmp_path: Path, preflight: bool
     assert "cannot connect" in proc.stdout + proc.stderr
 
 
-
 def test_list_templates(tmp_path: Path) -> None:
     proc = run_cli(tmp_path, "describe", "--list-templates")
     assert proc.returncode == 0, show(proc)
