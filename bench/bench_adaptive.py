@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             f"p95 auto/best {p95_ratio:.2f} (need <= 1.50): " + ("PASS" if ok else "FAIL"),
             flush=True,
         )
+        print(f"  auto/top throughput {auto['req_per_s'] / top:.2f} (the top fixed, whatever its latency)")
     print(f"\n{sum(verdicts)}/{len(verdicts)} settings pass")
     return 0 if all(verdicts) else 1
 
