@@ -350,9 +350,9 @@ from imageworks_core import BackendInfo, BackendSettings, hookimpl
 class Plugin:
     @hookimpl
     def backend_info(self):
-        # a plugin bug the core does not check: capabilities that are not Capabilities
-        return BackendInfo(name="buggy", description="x", default_base_url="http://127.0.0.1:9",
-                           capabilities=None, settings_cls=BackendSettings)
+        # a plugin bug the core does not check: a description that is not text
+        return BackendInfo(name="buggy", description=object(), default_base_url="http://127.0.0.1:9",
+                           settings_cls=BackendSettings)
 
     @hookimpl
     async def health(self, ctx):
@@ -420,13 +420,13 @@ def test_log_level_from_the_environment(tmp_path: Path, faulty: Any) -> None:
 
 def test_internal_error_has_its_own_exit_code_and_no_traceback(tmp_path: Path) -> None:
     site = _site(tmp_path, broken=False, buggy=True)
-    proc = run_cli(tmp_path, "backends", PYTHONPATH=site)  # run_cli fails on any traceback
+    proc = run_cli(tmp_path, "backends", "--json", PYTHONPATH=site)  # run_cli fails on any traceback
     assert proc.returncode == 70, show(proc)
     [line, hint] = proc.stderr.splitlines()
     assert line.startswith("imageworks: internal error: ") and "bug" in hint, show(proc)
     # asked for, the traceback is there
     proc = subprocess.run(
-        cli_argv("-vv", "backends"),
+        cli_argv("-vv", "backends", "--json"),
         cwd=tmp_path,
         env=cli_env(tmp_path, PYTHONPATH=site),
         capture_output=True,

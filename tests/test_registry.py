@@ -248,3 +248,20 @@ def test_plugin_info_must_be_backendinfo() -> None:
     with pytest.raises(PluginError, match="not BackendInfo"):
         registry.register(Bad("bad"), name="bad")
     assert "bad" not in registry.backends
+
+
+def test_plugin_capabilities_must_be_capabilities() -> None:
+    class Bad(FakeBackend):
+        @hookimpl
+        def backend_info(self) -> BackendInfo:
+            return BackendInfo(
+                name="bad",
+                description="x",
+                default_base_url="http://127.0.0.1:9",
+                capabilities=None,  # type: ignore[arg-type]
+            )
+
+    registry = BackendRegistry(entry_points=False)
+    with pytest.raises(PluginError, match=r"capabilities is NoneType, not imageworks_core\.Capabilities"):
+        registry.register(Bad("bad"), name="bad")
+    assert "bad" not in registry.backends

@@ -28,7 +28,9 @@ RULE = ACTION plus::
         "model": "fake-vlm",              # the body's "model"
         "stream": true,                   # the body's "stream" (absent counts as false)
         "request_id": "item-3" | ["item-3", "item-4"],
-        "body_contains": "some text",     # substring of the raw request body
+        "body_contains": "some text",     # substring of the raw request body, or of the
+                                          # JSON body re-encoded with json.dumps' default
+                                          # separators (clients differ in whitespace)
         "headers": {"X-Foo": "bar"}       # exact header values (names case-insensitive)
     },
     "times": 5,      # fire this many times, then fall through to later rules; null/absent = always
@@ -306,10 +308,12 @@ class RequestInfo:
         self.raw = raw
         self.body: Any = None
         self.json_ok = False
+        self.canonical = b""
         if raw:
             try:
                 self.body = json.loads(raw)
                 self.json_ok = True
+                self.canonical = json.dumps(self.body).encode()
             except ValueError:
                 pass
         body = self.body if isinstance(self.body, dict) else {}
@@ -376,8 +380,10 @@ def _matches(match: Mapping[str, Any], info: RequestInfo) -> bool:
         wanted_ids = [str(x) for x in wanted] if isinstance(wanted, list) else [str(wanted)]
         if info.request_id not in wanted_ids:
             return False
-    if "body_contains" in match and str(match["body_contains"]).encode() not in info.raw:
-        return False
+    if "body_contains" in match:
+        needle = str(match["body_contains"]).encode()
+        if needle not in info.raw and needle not in info.canonical:
+            return False
     if "headers" in match:
         for name, value in dict(match["headers"]).items():
             if info.headers.get(name) != value:

@@ -404,8 +404,13 @@ class Client:
             ConfigError: *name* does not implement *hook*, a hook of a kind it does not declare.
         """
         caller = self.registry.caller(name, hook)
-        if hook in ("infer", "stream", "generate_image") and not caller.get_hookimpls():
-            kinds = self.info(name).capabilities.kinds
+        if hook not in ("infer", "stream", "generate_image"):
+            return caller
+        kinds = self.info(name).capabilities.kinds
+        wanted = {"image_generation"} if hook == "generate_image" else {"vision", "text"}
+        # BackendBase gives every subclass inherited infer/stream hooks; the kinds say
+        # whether the backend really answers them
+        if not caller.get_hookimpls() or not wanted & set(kinds):
             what = "generate images" if hook == "generate_image" else "answer text or vision requests"
             raise ConfigError(
                 f"backend {name!r} cannot {what} (its kinds: {', '.join(kinds)})",

@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .models import BackendInfo
+from .models import BackendInfo, Capabilities
 from .settings import BackendSettings
 
 __all__ = ["ENTRY_POINT_GROUP", "BackendRegistry", "LoadFailure", "LoadedBackend", "installed_backend_names"]
@@ -97,7 +97,8 @@ def _required_for(plugin: Any, impls: Mapping[str, Any]) -> set[str]:
             info = fn() if fn is not None and not inspect.iscoroutinefunction(fn) else None
         except Exception:  # reported below, by the full check
             info = None
-    kinds = info.capabilities.kinds if isinstance(info, BackendInfo) else ("vision", "text")
+    caps = info.capabilities if isinstance(info, BackendInfo) else None
+    kinds = caps.kinds if isinstance(caps, Capabilities) else ("vision", "text")
     if "vision" in kinds or "text" in kinds:
         required |= {"infer", "stream"}
     if "image_generation" in kinds:
@@ -137,6 +138,12 @@ def _check_contract(name: str, plugin: Any, pm: pluggy.PluginManager) -> Backend
     if info.name != name:
         raise PluginError(
             f"backend {name!r}: backend_info().name is {info.name!r}; it must equal the entry-point name",
+            plugin=name,
+        )
+    if not isinstance(info.capabilities, Capabilities):
+        raise PluginError(
+            f"backend {name!r}: backend_info().capabilities is {type(info.capabilities).__name__},"
+            " not imageworks_core.Capabilities",
             plugin=name,
         )
     if not (isinstance(info.settings_cls, type) and issubclass(info.settings_cls, BackendSettings)):
