@@ -82,8 +82,8 @@ class Faulty:
     def script(self, rules: list[dict[str, Any]], default: Any = "ok") -> None:
         faulty_openai.script(self.base_url, rules, default)
 
-    def log(self, path: str | None = None) -> list[dict[str, Any]]:
-        return faulty_openai.request_log(self.base_url, path)
+    def log(self, path: str | None = None, *, warmups: bool = False) -> list[dict[str, Any]]:
+        return faulty_openai.request_log(self.base_url, path, warmups=warmups)
 
     def reset(self) -> None:
         faulty_openai.reset(self.base_url)

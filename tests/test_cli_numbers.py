@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import read_jsonl, run_cli, show
 from PIL import Image
+from servers.faulty_openai import WARMUP_PROMPT
 
 URL = "http://127.0.0.1:9/v1"  # never reached: the settings are refused first
 
@@ -65,7 +66,8 @@ def test_a_per_backend_negative_timeout_in_the_config_file(tmp_path: Path) -> No
 
 @pytest.fixture
 def trickle() -> Iterator[str]:
-    """An HTTP server that answers everything 200 and sends its body one byte a second."""
+    """An HTTP server that answers everything 200 and sends its body one byte a second
+    (the model list and the client's warm-up request at once)."""
     srv = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -85,6 +87,11 @@ def trickle() -> Iterator[str]:
                     rest += conn.recv(65536)
                 if head.startswith(b"GET") and b"/models" in head:
                     body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                    conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    return
+                if WARMUP_PROMPT.encode() in rest:  # the items are what trickles
+                    body = b'{"choices":[{"message":{"content":"OK"},"finish_reason":"length"}]}'
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
                     conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
                     return

@@ -31,7 +31,8 @@ RULE = ACTION plus::
         "body_contains": "some text",     # substring of the raw request body, or of the
                                           # JSON body re-encoded with json.dumps' default
                                           # separators (clients differ in whitespace)
-        "headers": {"X-Foo": "bar"}       # exact header values (names case-insensitive)
+        "headers": {"X-Foo": "bar"},      # exact header values (names case-insensitive)
+        "warmup": true                    # match the client's warm-up request (see below)
     },
     "times": 5,      # fire this many times, then fall through to later rules; null/absent = always
     "skip": 0        # let this many matching requests fall through before firing
@@ -141,8 +142,13 @@ FAULTS = frozenset(
     }
 )
 MATCH_KEYS = frozenset(
-    {"path", "path_prefix", "method", "model", "stream", "request_id", "body_contains", "headers"}
+    {"path", "path_prefix", "method", "model", "stream", "request_id", "body_contains", "headers", "warmup"}
 )
+#: The one-token request imageworks sends each endpoint before a batch (``Client.warmup``).  Rules
+#: target the items: they skip a warm-up unless they say ``"warmup": true`` (then they match only
+#: warm-ups); a warm-up gets the default answer otherwise.  The log keeps warm-ups apart
+#: (``"warmup": true`` entries, listed only with ``?warmups=1``), so counts are of items.
+WARMUP_PROMPT = "Reply with OK. (imageworks warm-up)"
 ACTION_KEYS = frozenset(
     {
         "fault",
@@ -208,9 +214,15 @@ def current_script(base_url: str, timeout: float = 10.0) -> dict[str, Any]:
     return dict(_call("GET", _root(base_url) + "/_control/script", timeout=timeout))
 
 
-def request_log(base_url: str, path: str | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Every request received since the last reset (only those for *path* if given), oldest first."""
-    query = "" if path is None else "?" + urllib.parse.urlencode({"path": path})
+def request_log(
+    base_url: str, path: str | None = None, timeout: float = 10.0, *, warmups: bool = False
+) -> list[dict[str, Any]]:
+    """Every request received since the last reset (only those for *path* if given), oldest first;
+    the client's warm-up requests only with *warmups*."""
+    params = {"path": path} if path is not None else {}
+    if warmups:
+        params["warmups"] = "1"
+    query = "?" + urllib.parse.urlencode(params) if params else ""
     return list(_call("GET", _root(base_url) + "/_control/log" + query, timeout=timeout))
 
 
@@ -322,6 +334,7 @@ class RequestInfo:
         options = body.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
         self.request_id = _request_id(headers, body)
+        self.warmup = body.get("max_tokens") == 1 and _first_text(body.get("messages")) == WARMUP_PROMPT
 
 
 def _first_text(messages: Any) -> str | None:
@@ -365,6 +378,8 @@ def _request_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | No
 
 
 def _matches(match: Mapping[str, Any], info: RequestInfo) -> bool:
+    if bool(match.get("warmup", False)) != info.warmup:
+        return False
     if "path" in match and info.path != match["path"]:
         return False
     if "path_prefix" in match and not info.path.startswith(str(match["path_prefix"])):
@@ -537,7 +552,10 @@ def make_app() -> Any:
 
     async def control_log(request: web.Request) -> web.Response:
         path = request.query.get("path")
-        entries = [e for e in state.log if path is None or e["path"] == path]
+        warmups = request.query.get("warmups") == "1"
+        entries = [
+            e for e in state.log if (path is None or e["path"] == path) and (warmups or not e["warmup"])
+        ]
         return web.json_response(entries)
 
     async def control_reset(request: web.Request) -> web.Response:
@@ -658,6 +676,7 @@ def make_app() -> Any:
             "completed": False,
             "duration_s": None,
             "query": request.query_string,
+            "warmup": info.warmup,
         }
         state.log.append(entry)
         headers = {str(k): str(v) for k, v in dict(action.get("headers", {})).items()}

@@ -143,7 +143,7 @@ def _describe_flags(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="send each backend one tiny request with the health check, so the first images do not pay "
-        "the cold start (config: warmup; default: off)",
+        "the cold start (config: warmup; default: on)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     run.add_argument(

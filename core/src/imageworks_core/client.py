@@ -41,7 +41,10 @@ if TYPE_CHECKING:
     from .events import OnEvent
     from .image_models import ImageRequest, ImageResult
 
-__all__ = ["Client", "ClientArgs"]
+__all__ = ["WARMUP_PROMPT", "Client", "ClientArgs"]
+
+#: The text of the one-token request that warms a backend without a ``warmup`` hook up.
+WARMUP_PROMPT = "Reply with OK. (imageworks warm-up)"
 
 log = logging.getLogger("imageworks.client")
 
@@ -569,9 +572,10 @@ class Client:
         hook = self.registry.caller(name, "warmup")
         if hook.get_hookimpls():
             await hook(ctx=ctx)
-        else:
+        elif {"vision", "text"} & set(self.info(name).capabilities.kinds):
+            # the prompt names itself, for whoever reads the server's request log
             await self.registry.caller(name, "infer")(
-                ctx=ctx, request=Request(prompt="Say OK.", max_tokens=1)
+                ctx=ctx, request=Request(prompt=WARMUP_PROMPT, max_tokens=1)
             )
 
     async def health(self, backend: str | None = None) -> HealthReport:

@@ -258,7 +258,7 @@ class Settings:
     concurrency: int | str | None = attrs.field(default=None, validator=CONCURRENCY)
     wait_for_backend: float = attrs.field(default=600.0, validator=NOT_NEGATIVE)
     strict_model: bool = False
-    warmup: bool = False  # issue 14 wants true; the CLI tests pin exact request sequences first
+    warmup: bool = True
     transport: str = "auto"
     retry: RetrySettings = RetrySettings()
     backends: Mapping[str, BackendSettings] = attrs.field(factory=dict)
