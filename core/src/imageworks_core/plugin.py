@@ -42,6 +42,7 @@ __all__ = [
     "StreamResponse",
     "Usage",
     "drop_fields",
+    "encode_body",
     "error_from_response",
     "extract_error_message",
     "first_time",
@@ -91,6 +92,7 @@ _WHERE = {
     "StreamResponse": "transport",
     "Usage": "models",
     "drop_fields": "helpers",
+    "encode_body": "jsonbody",
     "error_from_response": "http",
     "extract_error_message": "http",
     "first_time": "helpers",
@@ -154,6 +156,7 @@ if TYPE_CHECKING:
     )
     from .hookspecs import hookimpl
     from .http import HttpClient, error_from_response, extract_error_message, iter_sse_data, parse_retry_after
+    from .jsonbody import encode_body
     from .metrics import load_metrics, prometheus_samples
     from .models import BackendInfo, Capabilities, Chunk, HealthReport, PreparedImage, Request, Result, Usage
     from .ndjson import iter_ndjson

@@ -28,6 +28,7 @@ from imageworks_core.plugin import (
     HttpResponse,
     Request,
     Result,
+    encode_body,
     first_time,
     iter_sse_data,
     redact_url,
@@ -440,7 +441,7 @@ async def generate(ctx: BackendContext, request: Request, info: ModelInfo) -> Re
     plan = _plan(ctx, request, info, stream=False)
     url = _model_url(ctx, info.name, "/generate")
     resp = await ctx.http.request(
-        "POST", url, body=json.dumps(plan.generate_body()).encode(), timeout=request.timeout
+        "POST", url, body=encode_body(plan.generate_body()), timeout=request.timeout
     )
     if resp.status >= 400:
         text = error_text(resp.body)
@@ -473,9 +474,7 @@ async def infer_v2(ctx: BackendContext, request: Request, info: ModelInfo) -> Re
     """``POST /v2/models/{m}/infer`` with BYTES tensors of the exact declared shapes."""
     plan = _plan(ctx, request, info, stream=False)
     url = _model_url(ctx, info.name, "/infer")
-    resp = await ctx.http.request(
-        "POST", url, body=json.dumps(plan.infer_body()).encode(), timeout=request.timeout
-    )
+    resp = await ctx.http.request("POST", url, body=encode_body(plan.infer_body()), timeout=request.timeout)
     if resp.status >= 400:
         text = error_text(resp.body)
         if resp.status == 501 and is_decoupled_on_infer(text):
@@ -547,7 +546,7 @@ async def generate_stream(
     """
     plan = _plan(ctx, request, info, stream=stream)
     url = _model_url(ctx, info.name, "/generate_stream")
-    body = json.dumps(plan.generate_body()).encode()
+    body = encode_body(plan.generate_body())
     events = 0
     keys: set[str] = set()
     model_name: str | None = None
