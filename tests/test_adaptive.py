@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from imageworks_core import BackendOverloaded, Client, Event, HealthReport, Request
-from imageworks_core.adaptive import START, AdaptiveLimit
+from imageworks_core.adaptive import DROP, START, AdaptiveLimit
 from imageworks_core.endpoint import Endpoint
 from imageworks_core.events import Listeners
 
@@ -111,11 +111,14 @@ def test_an_unused_limit_does_not_grow() -> None:
 
 
 def test_a_growing_server_queue_shrinks_it() -> None:
-    lim = AdaptiveLimit(128, start=40)
+    lim = AdaptiveLimit(128, start=42)
     assert not lim.server_queue(5)  # first reading: nothing to compare with
-    assert lim.server_queue(12) and lim.limit < 40
+    assert not lim.server_queue(12) and lim.limit == 42  # a little queue keeps the batch full
+    assert lim.server_queue(20) and lim.limit == 36  # 6 past the third of the limit (14)
     at = lim.limit
     assert not lim.server_queue(3) and lim.limit == at  # a shrinking queue is fine
+    assert lim.server_queue(60) and lim.limit == int(at * DROP)  # at most by 1 - DROP at once
+    assert not lim.server_queue(60)  # a steady queue is not a growing one
 
 
 async def _probe() -> HealthReport:

@@ -27,8 +27,10 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   steps.  In between the limit holds, so it does not oscillate on noise.
   Doubling overshoots the batch size by at most one window (one latency); the
   requests sent in it wait, and the next window shrinks the limit back.
-* An overload (429/503, a timeout) shrinks it at once by ``DROP``; so does a
-  growing waiting queue reported by the server's own metrics.
+* An overload (429/503, a timeout) shrinks it at once by ``DROP``.  A waiting
+  queue reported by the server's own metrics (read every few seconds while a
+  batch runs: ``queuewatch``) shrinks it when it grows past a third of the
+  limit.
 * The limit never leaves ``[1, hard maximum]``.
 """
 
@@ -163,14 +165,21 @@ class AdaptiveLimit:
     def server_queue(self, waiting: float) -> bool:
         """The server's count of queued requests (``vllm:num_requests_waiting``); ``True``: limit changed.
 
-        A queue that grows means the server already has more than it batches: the
-        extra requests only add latency.
+        A little queue keeps the server's batch full between steps; a queue that
+        grows past the one ``SHRINK_ABOVE`` latency inflation stands for (a third
+        of the limit: ``limit`` requests over a batch of ``limit / 1.5``) means
+        the server already has more than it batches, from us or from other
+        clients: the extra requests only add latency.  The limit drops by the
+        excess, at most by ``1 - DROP`` of it.  The first reading only sets the
+        reference.
         """
         previous, self._last_waiting = self._last_waiting, waiting
-        if waiting > 0 and previous is not None and waiting > previous:
-            self._slow_start = False
-            return self._set(int(self.limit - max(1.0, min(waiting, self.limit * (1 - DROP)))))
-        return False
+        allowed = self.limit * (1 - 1 / SHRINK_ABOVE)
+        if previous is None or waiting <= previous or waiting <= allowed:
+            return False
+        self._slow_start = False
+        self._reset_window()
+        return self._set(int(self.limit - max(1.0, min(waiting - allowed, self.limit * (1 - DROP)))))
 
     def restart(self) -> None:
         """The endpoint came back from an outage: forget the baseline (the model may have changed)."""

@@ -26,6 +26,7 @@ from .endpoint import Endpoint
 from .errors import BackendUnavailable, ConfigError, ImageWorksError, InputError
 from .events import Event, Listeners, OnEvent
 from .models import Chunk, HealthReport, PreparedImage, Request, Result
+from .queuewatch import watch_queues
 
 __all__ = ["Dispatcher", "Event", "ungrouped", "unwrap_group"]
 
@@ -295,6 +296,10 @@ class Dispatcher:
             with ungrouped(), recv:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(produce)
+                    order = self.backends.backend_order(base.backend)
+                    tg.start_soon(
+                        watch_queues, self.backends, [ep for n in order for ep in self.runner.pool(n)]
+                    )
                     try:
                         yield _Results(recv, window, ordered)
                     finally:
