@@ -42,3 +42,26 @@ def test_absent_figures_are_left_out() -> None:
         "kv_cache_usage": 0.9921875
     }
     assert load_metrics("", running=("vllm:num_requests_running",)) == {}
+
+
+def test_a_name_with_labels_keeps_only_those_series() -> None:
+    page = (
+        "# TYPE nv_inference_pending_request_count gauge\n"
+        'nv_inference_pending_request_count{model="tiny_vlm_batched",version="1"} 7\n'
+        'nv_inference_pending_request_count{model="tiny_vlm",version="1"} 3\n'
+        'nv_inference_pending_request_count{version="2", model="tiny_vlm"} 2 1700000000\n'
+        'nv_trt_llm_request_metrics{model="ensemble",request_type="waiting",version="1"} 5\n'
+        'nv_trt_llm_request_metrics{model="ensemble",request_type="scheduled",version="1"} 9\n'
+    )
+    from imageworks_core.plugin import prometheus_samples
+
+    one = 'nv_inference_pending_request_count{model="tiny_vlm"}'
+    waiting = 'nv_trt_llm_request_metrics{request_type="waiting"}'
+    found = prometheus_samples(page, [one, waiting, "nv_inference_pending_request_count"])
+    assert found[one] == [3.0, 2.0]  # not tiny_vlm_batched's 7
+    assert found[waiting] == [5.0]
+    assert found["nv_inference_pending_request_count"] == [7.0, 3.0, 2.0]
+    assert load_metrics(page, waiting=(waiting, one)) == {"waiting": 5.0}
+    assert load_metrics(page, waiting=('nv_trt_llm_request_metrics{request_type="nope"}', one)) == {
+        "waiting": 5.0
+    }

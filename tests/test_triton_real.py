@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from imageworks_backend_triton import kserve
+from imageworks_backend_triton._metrics import metrics_url
 from imageworks_core import BackendProtocolError, BackendRejected, Client, PreparedImage, Request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
@@ -66,6 +67,24 @@ async def test_health_ready(triton_server: Any) -> None:
     assert (r.reachable, r.ready, r.models, r.version) == (True, True, ("tiny_vlm",), "2.51.0")
     assert "image_url_input" in (r.detail or "")
     assert r.url == triton_server.base_url
+
+
+async def test_health_reads_the_models_queue_from_the_metrics_port(triton_server: Any) -> None:
+    url = f"http://127.0.0.1:{triton_server.metrics_port}/metrics"
+    async with client(triton_server, metrics_url=url) as c:
+        r = await c.health()
+        # tiny_vlm's own nv_inference_pending_request_count (the other models' series are left out)
+        assert r.ready and r.metrics == {"waiting": 0.0}
+        ctx = c.context("triton")
+        assert metrics_url(ctx, "http://gpu1:8000") == url  # configured wins
+    async with client(triton_server, metrics_url="") as c:
+        assert (await c.health()).metrics == {}
+        ctx = c.context("triton")
+        assert metrics_url(ctx, "http://gpu1:8000") is None
+    async with client(triton_server) as c:
+        ctx = c.context("triton")
+        assert metrics_url(ctx, "http://gpu1:8000") == "http://gpu1:8002/metrics"  # Triton's default port
+        assert metrics_url(ctx, "https://[::1]:8000") == "https://[::1]:8002/metrics"
 
 
 async def test_health_unknown_model(triton_server: Any) -> None:

@@ -8,25 +8,46 @@ from collections.abc import Collection, Sequence
 __all__ = ["load_metrics", "prometheus_samples"]
 
 
+def _selector(wanted: str) -> tuple[str, tuple[str, ...]]:
+    """``name{a="x",b="y"}`` -> ``("name", ('a="x"', 'b="y"'))``; a plain name has no labels."""
+    brace = wanted.find("{")
+    if brace == -1:
+        return wanted, ()
+    labels = wanted[brace + 1 : wanted.rfind("}")]
+    return wanted[:brace], tuple(p.strip() for p in labels.split(",") if p.strip())
+
+
 def prometheus_samples(text: str, names: Collection[str]) -> dict[str, list[float]]:
     """Finite values of the metrics named in *names*, one per label set, from exposition text.
 
-    Comments, other metrics and unparseable lines are skipped; a trailing
-    timestamp is ignored.  Aggregating (sum, mean, max) is the caller's choice.
+    A name may carry labels the series must have, as Prometheus writes them:
+    ``nv_inference_pending_request_count{model="tiny_vlm"}`` keeps only that
+    model's series (other labels may be there too); the values are listed
+    under the name as given.  Comments, other metrics and unparseable lines are
+    skipped; a trailing timestamp is ignored.  Aggregating (sum, mean, max) is
+    the caller's choice.
     """
+    by_name: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+    for wanted in names:
+        name, labels = _selector(wanted)
+        by_name.setdefault(name, []).append((wanted, labels))
     found: dict[str, list[float]] = {}
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         brace, space = line.find("{"), line.find(" ")
+        label_text = ""
         if brace != -1 and (space == -1 or brace < space):
-            name, rest = line[:brace], line[line.rfind("}") + 1 :]
+            close = line.rfind("}")
+            name, rest = line[:brace], line[close + 1 :]
+            label_text = "," + line[brace + 1 : close].replace(", ", ",") + ","
         elif space != -1:
             name, rest = line[:space], line[space:]
         else:
             continue
-        if name not in names:
+        selectors = by_name.get(name)
+        if selectors is None:
             continue
         fields = rest.split()
         if not fields:
@@ -35,8 +56,11 @@ def prometheus_samples(text: str, names: Collection[str]) -> dict[str, list[floa
             value = float(fields[0])
         except ValueError:
             continue
-        if math.isfinite(value):
-            found.setdefault(name, []).append(value)
+        if not math.isfinite(value):
+            continue
+        for wanted, labels in selectors:
+            if all(f",{label}," in label_text for label in labels):
+                found.setdefault(wanted, []).append(value)
     return found
 
 

@@ -80,6 +80,10 @@ class TritonSettings(BackendSettings):
             backend they go into ``sampling_parameters``.
         stop_words: Stop strings sent with every request (the model's
             ``stop_words`` input, or ``stop`` in ``sampling_parameters``).
+        metrics_url: Triton's Prometheus page, read by health checks and,
+            during a batch, by the adaptive concurrency limit (its waiting
+            queue).  Default: port 8002 on the server's host
+            (``http://host:8002/metrics``); ``""``: do not read metrics.
     """
 
     mode: str = attrs.field(default="kserve", validator=_one_of(MODES))
@@ -90,6 +94,7 @@ class TritonSettings(BackendSettings):
     chat_template: str | None = attrs.field(default=None, validator=_template)
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
     stop_words: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    metrics_url: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "openai" and self.base_url is None:

@@ -31,6 +31,7 @@ from imageworks_core.plugin import (
     encode_body,
     first_time,
     iter_sse_data,
+    probe_metrics,
     redact_url,
 )
 
@@ -44,6 +45,7 @@ from ._errors import (
     unknown_model_error,
 )
 from ._inputs import Plan, build_plan
+from ._metrics import metrics_url, parse_metrics
 from ._model import ModelInfo, model_info_from
 from ._settings import TritonSettings
 
@@ -62,6 +64,8 @@ __all__ = [
 #: TensorRT-LLM's conventional entry model, tried when no model is configured.
 DEFAULT_MODEL = "ensemble"
 _HEALTH_TIMEOUT = 10.0
+#: A metrics port that does not answer (firewalled) must not hold a health check up.
+_METRICS_TIMEOUT = 2.0
 _FINISH = "stop"  # Triton does not say why generation ended; a completed answer is reported as "stop"
 
 
@@ -340,7 +344,13 @@ async def check_health(ctx: BackendContext) -> HealthReport:
             hint=err.hint,
         )
     info = await discover(ctx, model, defaulted=defaulted)
-    return report(True, version=version, models=(model,), detail=_describe(ctx, info))
+    where = metrics_url(ctx, base)
+    metrics: dict[str, float] = {}
+    if where is not None:
+        metrics = await probe_metrics(
+            ctx, where, lambda text: parse_metrics(text, model), timeout=_METRICS_TIMEOUT
+        )
+    return report(True, version=version, models=(model,), detail=_describe(ctx, info), metrics=metrics)
 
 
 def _describe(ctx: BackendContext, info: ModelInfo) -> str:
