@@ -36,7 +36,9 @@ DEFAULT_SETTINGS = "8:24:200,16:48:100,48:96:150"
 DEFAULT_SWEEP = "1,2,4,8,16,24,32,48,64,96,128,192,256"
 
 
-def run(base_url: str | list[str], concurrency: int | None, seconds: float) -> dict[str, Any]:
+def run(
+    base_url: str | list[str], concurrency: int | None, seconds: float, backend: str = "openai"
+) -> dict[str, Any]:
     """One window of *seconds* against the server (a list: a pool of servers);
     ``concurrency=None``: the defaults (auto)."""
     import anyio
@@ -54,9 +56,9 @@ def run(base_url: str | list[str], concurrency: int | None, seconds: float) -> d
         section: dict[str, Any] = {"base_url": urls, "model": "capacity-model"}
         if concurrency is not None:
             section["concurrency"] = concurrency
-        overrides = {"backends": {"openai": section}}
+        overrides = {"backends": {backend: section}}
         async with Client(
-            backend="openai", overrides=overrides, user_file=False, project_file=False
+            backend=backend, overrides=overrides, user_file=False, project_file=False
         ) as client:
             latencies: list[float] = []
             failed = 0
@@ -78,7 +80,7 @@ def run(base_url: str | list[str], concurrency: int | None, seconds: float) -> d
             "p95_s": p95,
             "p50_s": statistics.median(latencies) if latencies else float("nan"),
             "failed": failed,
-            "limit": limits.get("openai"),
+            "limit": limits.get(backend),
         }
 
     return anyio.run(main, backend=os.environ.get("BENCH_LOOP", "asyncio"))
@@ -107,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", default=DEFAULT_SWEEP, help="fixed concurrencies to try")
     p.add_argument("--seconds", type=float, default=10.0, help="length of one measured window")
     p.add_argument("--queue-limit", type=int, default=512)
+    p.add_argument(
+        "--backend",
+        default="openai",
+        choices=("openai", "vllm"),
+        help="openai: latencies only; vllm: also the server's waiting queue from its /metrics",
+    )
     args = p.parse_args(argv)
     sweep = [int(x) for x in args.sweep.split(",") if x]
     verdicts = []
@@ -121,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nK={k} P={kv} service={service} ms queue_limit={args.queue_limit} window={args.seconds:g}s")
         with ServerProcess(server, ready_url=base + "/health", name="capacity_server"):
             idle(base)
-            auto = run(base, None, args.seconds)  # first: no run before it left the server busy
+            auto = run(base, None, args.seconds, args.backend)  # first: no run before it left the server busy
             print(line(auto), flush=True)
             fixed = {}
             for c in sweep:
                 idle(base)
-                fixed[c] = run(base, c, args.seconds)
+                fixed[c] = run(base, c, args.seconds, args.backend)
                 print(line(fixed[c]), flush=True)
         # the best fixed setting: the lowest concurrency within 2 % of the top throughput (ties go
         # to the lower latency, which makes the p95 test stricter)

@@ -3,7 +3,9 @@
 Each request carries the peers' ~30 KB JPEG as a data URL and a text part
 naming the item.  The generic ``openai`` backend is pointed at the server with
 the pool and the backend's concurrency set to *c*; the items come from a lazy
-generator.  ``BENCH_LOOP=trio`` runs it under trio (httpx transport).
+generator.  ``BENCH_LOOP=trio`` runs it under trio (httpx2 transport).
+``BENCH_CONCURRENCY=auto`` gives the backend the adaptive limit instead
+(``concurrency = "auto"``, ``max_concurrency`` = *c*): the limiter's cost.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def run_ours(base_url: str, n: int, c: int, *, warmup: int = 0, deadline_s: floa
             yield Request(prompt=f"{PROMPT} item={i}", images=(image,), max_tokens=64, id=str(i))
 
     async def main() -> PeerResult:
-        overrides = {"concurrency": c, "backends": {"openai": {"base_url": api, "model": "fake-vlm"}}}
+        backend: dict[str, object] = {"base_url": api, "model": "fake-vlm"}
+        overrides: dict[str, object] = {"concurrency": c, "backends": {"openai": backend}}
+        if os.environ.get("BENCH_CONCURRENCY") == "auto":
+            overrides = {"backends": {"openai": {**backend, "concurrency": "auto", "max_concurrency": c}}}
         async with Client(
             backend="openai", overrides=overrides, user_file=False, project_file=False
         ) as client:

@@ -69,13 +69,27 @@ def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band(
     assert lim.limit == 37
     feed(lim, clock, 0.14, rate=400)  # latency 1.4x, throughput 2x that at 32: the server still gains
     assert lim.limit == 37 + 6
-    feed(lim, clock, 0.2, rate=400)  # 2x and no gain: queueing; back to the middle of the band (1.35x)
-    assert lim.limit == int(43 * 1.35 / 2)
+    feed(lim, clock, 0.25, rate=400)  # 2.5x and no gain: queueing; back to the middle of the band (1.6x)
+    assert lim.limit == int(43 * 1.6 / 2.5)
     before = lim.limit
     feed(lim, clock, 0.1)  # the samples of requests sent before the decrease are skipped ...
     assert lim.limit == before
     feed(lim, clock, 0.1, windows=2)
     assert lim.limit == before + int(before**0.5)  # ... then it grows again, by about sqrt(limit)
+
+
+def test_keeps_growing_inside_the_band_while_throughput_rises() -> None:
+    """A batching server whose batches a small queue keeps full: latency 1.8x, throughput still up."""
+    clock = Clock()
+    lim = AdaptiveLimit(256, start=16, clock=clock)
+    feed(lim, clock, 0.1, rate=100)  # baseline 100 ms; slow start doubles
+    assert lim.limit == 32
+    feed(lim, clock, 0.18, rate=120, windows=2)  # 1.8x: slow start ends; the first window settles
+    assert lim.limit == 32 + 5  # +20 % throughput from the limit before (16): grow by sqrt
+    feed(lim, clock, 0.19, rate=130, windows=2)  # +8 % from 32: still gaining
+    assert lim.limit == 37 + 6
+    feed(lim, clock, 0.195, rate=132, windows=3)  # +1.5 %: the plateau; hold (inside the band)
+    assert lim.limit == 43
 
 
 def test_a_rate_from_the_window_after_a_change_is_never_compared() -> None:
@@ -84,8 +98,8 @@ def test_a_rate_from_the_window_after_a_change_is_never_compared() -> None:
     lim = AdaptiveLimit(256, start=32, clock=clock)
     feed(lim, clock, 0.1, rate=100)  # sets the baseline; grows (1.0x)
     assert lim.limit == 64
-    feed(lim, clock, 0.16, rate=100, windows=2)  # 1.6x: shrink to 1.35/1.6 of it
-    assert lim.limit == int(64 * 1.35 / 1.6)
+    feed(lim, clock, 0.25, rate=100, windows=2)  # 2.5x: shrink to 1.6/2.5 of it
+    assert lim.limit == int(64 * 1.6 / 2.5)
     held = lim.limit
     feed(lim, clock, 0.14, rate=20)  # skipped: sent before the decrease
     feed(lim, clock, 0.14, rate=1000)  # the first counted window: a huge rate, but not comparable
@@ -113,8 +127,8 @@ def test_an_unused_limit_does_not_grow() -> None:
 def test_a_growing_server_queue_shrinks_it() -> None:
     lim = AdaptiveLimit(128, start=42)
     assert not lim.server_queue(5)  # first reading: nothing to compare with
-    assert not lim.server_queue(12) and lim.limit == 42  # a little queue keeps the batch full
-    assert lim.server_queue(20) and lim.limit == 36  # 6 past the third of the limit (14)
+    assert not lim.server_queue(20) and lim.limit == 42  # a little queue keeps the batch full
+    assert lim.server_queue(27) and lim.limit == 36  # 6 past half of the limit (21)
     at = lim.limit
     assert not lim.server_queue(3) and lim.limit == at  # a shrinking queue is fine
     assert lim.server_queue(60) and lim.limit == int(at * DROP)  # at most by 1 - DROP at once

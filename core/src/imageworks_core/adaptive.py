@@ -17,9 +17,10 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
 * A window whose mean latency stays below ``GROW_BELOW`` times the baseline,
   with the limit actually used, grows the limit: it doubles at first (slow
   start, until latency starts to rise), then grows by about its square root;
-  so does a window whose throughput rose at least as much as its latency,
-  compared with the limit before (a server whose batch step gets slower with
-  size but still gains overall).  The first window after a change mixes
+  so does a window, still inside the band below ``SHRINK_ABOVE``, whose
+  throughput rose by ``GAIN`` or more from the limit before: requests that
+  wait a little in the server keep its batches full between steps, and for a
+  batch of thousands of images throughput is what counts.  The first window after a change mixes
   requests sent under the old limit, so its throughput is never compared.  A
   window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks the
   limit in proportion to the inflation, back to the middle of the band (at
@@ -29,7 +30,7 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   requests sent in it wait, and the next window shrinks the limit back.
 * An overload (429/503, a timeout) shrinks it at once by ``DROP``.  A waiting
   queue reported by the server's own metrics (read every few seconds while a
-  batch runs: ``queuewatch``) shrinks it when it grows past a third of the
+  batch runs: ``queuewatch``) shrinks it when it grows past half of the
   limit.
 * The limit never leaves ``[1, hard maximum]``.
 """
@@ -49,8 +50,9 @@ MIN_WINDOW = 8
 #: Mean latency below this times the baseline counts as "not queueing": the limit may grow.
 GROW_BELOW = 1.2
 #: Mean latency above this times the baseline is queueing: the limit shrinks back towards
-#: ``GROW_BELOW`` (between the two it holds, so it does not oscillate on noise).
-SHRINK_ABOVE = 1.5
+#: ``GROW_BELOW`` (between the two it holds, so it does not oscillate on noise, or grows
+#: while throughput still rises).
+SHRINK_ABOVE = 2.0
 #: Slow start (doubling at each window) ends at this much latency inflation.
 SLOW_START_UNTIL = 1.1
 #: Decrease on an overload signal (429/503, timeout).
@@ -134,15 +136,14 @@ class AdaptiveLimit:
                 self._before = self._settled
             self._settled = (self.limit, rate, mean)
             before = self._before
-            # from the limit just before this (smaller) one, throughput rose by more than latency
-            # did: the server still gains from the extra load (a batch kept full by a small queue)
+            # from the limit just before this (smaller) one, throughput still rose: the server
+            # gains from the extra load (its batches kept full by a small queue)
             gained = (
                 before is not None
                 and before[0] == self._from
                 and before[0] < self.limit
                 and ratio <= SHRINK_ABOVE
                 and rate >= before[1] * GAIN
-                and rate / before[1] >= mean / before[2]
             )
         if ratio >= SLOW_START_UNTIL:
             self._slow_start = False
@@ -166,8 +167,8 @@ class AdaptiveLimit:
         """The server's count of queued requests (``vllm:num_requests_waiting``); ``True``: limit changed.
 
         A little queue keeps the server's batch full between steps; a queue that
-        grows past the one ``SHRINK_ABOVE`` latency inflation stands for (a third
-        of the limit: ``limit`` requests over a batch of ``limit / 1.5``) means
+        grows past the one ``SHRINK_ABOVE`` latency inflation stands for (half
+        of the limit: ``limit`` requests over a batch of ``limit / 2``) means
         the server already has more than it batches, from us or from other
         clients: the extra requests only add latency.  The limit drops by the
         excess, at most by ``1 - DROP`` of it.  The first reading only sets the
