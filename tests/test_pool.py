@@ -92,6 +92,7 @@ async def test_an_endpoint_that_dies_hands_its_items_over_and_rejoins(
     """Default settings: one of two dies mid-batch; every item is answered once; it comes back."""
     a, b = two
     slow = {"fault": "delay", "delay_s": 0.1}
+    N = 3000  # b alone takes several seconds: long enough for a to come back and rejoin
     for s in two:
         s.script([], default=slow)
     results: list[Result] = []
@@ -105,7 +106,7 @@ async def test_an_endpoint_that_dies_hands_its_items_over_and_rejoins(
             await anyio.to_thread.run_sync(lambda: a.script([], default=slow))
 
         with anyio.fail_after(90):
-            async with client.map([req(i) for i in range(600)]) as rs:
+            async with client.map([req(i) for i in range(N)]) as rs:
                 async for r in rs:
                     results.append(r)
                     if len(results) == 60:
@@ -113,7 +114,7 @@ async def test_an_endpoint_that_dies_hands_its_items_over_and_rejoins(
                         killed_at.append(time.monotonic())
                         tg.start_soon(revive)
         states = client.dispatcher.endpoint_states("openai")
-    assert len(results) == 600 and all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert len(results) == N and all(r.ok for r in results), [r.error for r in results if not r.ok]
     ids = collections.Counter(str(r.id) for r in results)
     assert set(ids.values()) == {1}
     # the failed tries on the dead endpoint were its outage, never an item's attempt
@@ -125,6 +126,31 @@ async def test_an_endpoint_that_dies_hands_its_items_over_and_rejoins(
     assert any(r.base_url == b.v1 for r in after)
     assert a.answered() > 0, "the revived endpoint never rejoined"
     assert dict(states) == {a.v1: "up", b.v1: "up"}
+
+
+async def test_the_queue_of_an_endpoint_that_dies_moves_to_the_others_at_once(
+    two: tuple[FaultyProcess, FaultyProcess], real_sleeps: None
+) -> None:
+    """Default settings (wait_for_backend 600 s): a stays dead; the items that were queued for it
+    go to b instead of waiting for a to come back."""
+    a, b = two
+    for s in two:
+        s.script([], default={"fault": "delay", "delay_s": 0.1})
+    results: list[Result] = []
+    async with client_for(a, b) as client:
+        await client.dispatcher.preflight()
+        t0 = time.monotonic()
+        with anyio.fail_after(60):
+            async with client.map([req(i) for i in range(400)]) as rs:
+                async for r in rs:
+                    results.append(r)
+                    if len(results) == 40:
+                        assert client.dispatcher.runner.pool("openai")[0].waiting > 0  # a has a queue
+                        await anyio.to_thread.run_sync(a.kill)
+        took = time.monotonic() - t0
+    assert len(results) == 400 and all(r.ok for r in results), [r.error for r in results if not r.ok]
+    assert collections.Counter(str(r.id) for r in results).most_common(1)[0][1] == 1
+    assert took < 30, f"{took:.1f}s: the queue waited for the dead endpoint"
 
 
 async def test_endpoints_serving_different_models_are_reported_at_preflight(

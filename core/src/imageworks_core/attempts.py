@@ -266,7 +266,9 @@ class ItemRunner:
             others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             waited = time.monotonic()
             try:
-                got = await ep.acquire(seq, patience=1.0 if others else None)
+                got = await ep.acquire(
+                    seq, patience=1.0 if others else None, leave_if_out=len(names) > 1 or len(pool) > 1
+                )
             except BackendDown as exc:
                 st.queued += time.monotonic() - waited
                 if all(e.is_down() for e in pool):  # the whole pool is gone: try the next backend
@@ -465,7 +467,9 @@ class ItemRunner:
             pool = self.pool(name)
             others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             try:
-                got = await ep.acquire(0, patience=1.0 if others else None)
+                got = await ep.acquire(
+                    0, patience=1.0 if others else None, leave_if_out=len(names) > 1 or len(pool) > 1
+                )
             except BackendDown as exc:
                 if all(e.is_down() for e in pool):
                     st.failures.append((name, exc))

@@ -179,8 +179,12 @@ class Endpoint:
 
     # ------------------------------------------------------------ slots
 
-    async def acquire(self, priority: int, *, patience: float | None = None) -> bool:
-        """Wait for a slot; ``False`` when *patience* ran out first.
+    async def acquire(
+        self, priority: int, *, patience: float | None = None, leave_if_out: bool = False
+    ) -> bool:
+        """Wait for a slot; ``False`` when *patience* ran out first, or (with *leave_if_out*: the
+        caller has somewhere else to go) when the endpoint stopped accepting while the caller waited
+        in its queue (out, down or paused), so that its queue moves to the others at once.
 
         Raises:
             BackendDown: The endpoint is down (out for longer than ``wait_for_backend``).
@@ -192,11 +196,14 @@ class Endpoint:
         waiter = _Waiter((priority, next(self._order)))
         heapq.heappush(self._waiters, waiter)
         give_up = None if patience is None else time.monotonic() + patience
+        was_up = self.state is State.UP
         try:
             while True:
                 self._pump()
                 if waiter.granted:
                     return True
+                if leave_if_out and was_up and not self.accepting():
+                    return False
                 if self.state is State.PAUSED and self._overdue():
                     self._give_up("it kept asking us to wait")
                 if self.state is State.DOWN and not self.probe_due():
