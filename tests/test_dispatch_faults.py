@@ -210,8 +210,9 @@ async def test_server_killed_mid_batch_and_restarted(real_sleeps: None, down_s: 
     # ... nor were items already answered before the crash sent again
     early = {str(r.id) for r in results[:100]}
     assert not early & set(sent(log2)), sorted(early & set(sent(log2)))
-    # and the restarted server did real work
-    assert len(answered(log2)) >= 150
+    # and the restarted server did real work: every answer that came after it was back is its own
+    # (how many the first server finished before the kill depends on the adaptive limit then)
+    assert len(answered(log2)) >= sum(1 for t in arrived if t >= restarted_at[0]) > 0
     # one outage, seen as events, as long as the server was away
     kinds = [e.kind for e in events if e.id == ""]
     assert kinds.count("outage") == 1 and kinds.count("recovered") == 1, kinds
