@@ -20,8 +20,9 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   so does a window, still inside the band below ``SHRINK_ABOVE``, whose
   throughput rose by ``GAIN`` or more from the limit before: requests that
   wait a little in the server keep its batches full between steps, and for a
-  batch of thousands of images throughput is what counts.  The first window after a change mixes
-  requests sent under the old limit, so its throughput is never compared.  A
+  batch of thousands of images throughput is what counts.  The first window
+  after a change mixes requests sent under the old limit, so its throughput is
+  never compared.  A
   window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks the
   limit in proportion to the inflation, back to the middle of the band (at
   most by half): a little queue in the server keeps its batch full between
