@@ -63,7 +63,7 @@ class ClientArgs(TypedDict, total=False):
     temperature: float | None
     max_pixels: int | None
     wait_for_backend: float | None
-    transport: Literal["auto", "httpx", "aiohttp"] | None
+    transport: Literal["auto", "httpx", "aiohttp"] | Transport | None
     retry: RetrySettings | None
     backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None
     overrides: Mapping[str, Any] | None
@@ -143,7 +143,9 @@ class Client:
         temperature: Sampling temperature for requests that set none.
         max_pixels: Pixel budget images are downscaled to.
         wait_for_backend: Longest wait, seconds, for a backend that went down.
-        transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``.
+        transport: ``auto`` (aiohttp under asyncio, httpx under trio), ``httpx`` or ``aiohttp``;
+            or a transport object that serves every endpoint (tests:
+            ``imageworks_core.testing.MockTransport``).
         retry: The retry policy (every field of it counts as set here).
         backends: Settings per backend name: a ``BackendSettings`` (every field
             set) or a mapping of the keys to set.
@@ -186,7 +188,7 @@ class Client:
         temperature: float | None = None,
         max_pixels: int | None = None,
         wait_for_backend: float | None = None,
-        transport: Literal["auto", "httpx", "aiohttp"] | None = None,
+        transport: Literal["auto", "httpx", "aiohttp"] | Transport | None = None,
         retry: RetrySettings | None = None,
         backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None = None,
         overrides: Mapping[str, Any] | None = None,
@@ -205,6 +207,10 @@ class Client:
     ) -> None:
         ambient: Mapping[str, str] = (os.environ if env is None else env) if trust_env else {}
         self.trust_env = trust_env
+        #: A transport object given in code (``testing.MockTransport``) serves every endpoint.
+        self._given_transport: Transport | None = None
+        if transport is not None and not isinstance(transport, str):
+            self._given_transport, transport = transport, None
         self.registry = BackendRegistry(
             strict=strict_plugins, allow=allow, deny=deny, entry_points=entry_points, env=ambient
         )
@@ -498,6 +504,8 @@ class Client:
         parts = urlsplit(base_url)
         key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         pool = self._pools.get(key)
+        if pool is None and self._given_transport is not None:
+            pool = self._pools[key] = self._given_transport
         if pool is None:
             size = max(concurrency, *(self.concurrency(n) for n in self.registry.backends), 1) + 4
             pool = self._pools[key] = open_transport(
@@ -643,7 +651,7 @@ class Client:
                     await ctx.aclose()
                 except Exception:
                     log.exception("closing backend %s failed", ctx.name)
-            for pool in self._pools.values():
+            for pool in {id(p): p for p in self._pools.values()}.values():  # a given one is shared
                 await pool.aclose()
         self._contexts.clear()
         self._retired.clear()

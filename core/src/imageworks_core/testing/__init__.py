@@ -2,6 +2,9 @@
 
 - ``FakeBackend``: an in-process backend whose answers, delays and failures
   a test scripts (``Delay``, ``FailAfter``).
+- ``MockTransport``: answers a ``Client``'s HTTP requests in-process from a
+  function (``MockRequest`` in, ``MockResponse`` out): a plugin's request
+  bodies and its reading of a server's exact answers, without a socket.
 - ``FakeOpenAIServer``: a local OpenAI-compatible server in its own process,
   scriptable per request (``imageworks_core.testing.fake_server``).
 - ``BackendConformance``: the conformance suite a backend plugin's tests
@@ -19,8 +22,19 @@ from typing import TYPE_CHECKING, Any
 from ..retry import set_testing
 from .fake import Delay, FailAfter, FakeBackend
 from .fake_server import FakeOpenAIServer
+from .mock import MockRequest, MockResponse, MockTransport
 
-__all__ = ["BackendConformance", "Delay", "FailAfter", "FakeBackend", "FakeOpenAIServer", "set_testing"]
+__all__ = [
+    "BackendConformance",
+    "Delay",
+    "FailAfter",
+    "FakeBackend",
+    "FakeOpenAIServer",
+    "MockRequest",
+    "MockResponse",
+    "MockTransport",
+    "set_testing",
+]
 
 if TYPE_CHECKING:
     from .conformance import BackendConformance

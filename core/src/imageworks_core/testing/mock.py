@@ -1,0 +1,182 @@
+"""``MockTransport``: answer a client's HTTP requests in-process, from a function.
+
+In the spirit of ``httpx.MockTransport``: a test hands ``Client`` a transport
+whose *handler* sees each request (method, URL, headers, body) and returns the
+response, so a plugin's request bodies and its reading of a server's exact
+answers are checked without a socket::
+
+    def handler(request: MockRequest) -> MockResponse:
+        if request.path == "/v1/models":
+            return MockResponse.json({"data": [{"id": "m"}]})
+        assert request.json()["max_tokens"] == 64
+        return MockResponse.json({"choices": [{"message": {"content": "a cat"}}]})
+
+    async with Client(backend="vllm", model="m", transport=MockTransport(handler)) as client:
+        ...
+
+The handler may be a coroutine function.  It plays the network's faults by
+raising: ``ConnectionRefusedError`` (or any ``OSError``) arrives as
+``BackendUnavailable`` and ``TimeoutError`` as ``BackendTimeout``, as the real
+transports report them.  Streams are served from the response body, split
+into lines (``MockResponse.sse`` builds one).  What needs real sockets (a
+process that dies, a connection cut mid-answer) needs a real server:
+``FakeOpenAIServer``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+
+from ..errors import BackendTimeout, BackendUnavailable, redact_url
+from ..transport import HttpResponse, Timeouts
+
+__all__ = ["MockRequest", "MockResponse", "MockTransport"]
+
+
+@attrs.frozen(slots=True)
+class MockRequest:
+    """One request the client sent.
+
+    Attributes:
+        method: ``GET``, ``POST`` ...
+        url: The full URL.
+        headers: The headers, names in lower case.
+        body: The raw body (``b""`` for none).
+        stream: Whether the client asked for a streamed response.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+    stream: bool = False
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.url).query))
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@attrs.frozen(slots=True)
+class MockResponse:
+    """A response to hand back: status, headers, body (a stream's lines come from the body)."""
+
+    status: int = 200
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> MockResponse:
+        return cls(status, {"content-type": "application/json", **(headers or {})}, json.dumps(data).encode())
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> MockResponse:
+        return cls(status, {"content-type": "text/plain", **(headers or {})}, text.encode())
+
+    @classmethod
+    def sse(cls, events: Iterable[Any], *, done: bool = True, status: int = 200) -> MockResponse:
+        """A server-sent event stream: each event (a dict is JSON-encoded) as one ``data:`` line."""
+        lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events]
+        if done:
+            lines.append("data: [DONE]\n\n")
+        return cls(status, {"content-type": "text/event-stream"}, "".join(lines).encode())
+
+
+Handler = Callable[[MockRequest], "MockResponse | Awaitable[MockResponse]"]
+
+
+class _MockStream:
+    def __init__(self, resp: MockResponse) -> None:
+        self.status = resp.status
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
+        self._body = resp.body
+
+    async def read(self) -> bytes:
+        return self._body
+
+    def lines(self) -> AsyncIterator[bytes]:
+        return _Lines(self._body.splitlines())
+
+
+class _Lines:
+    """An async iterator over ready lines (no generator: nothing to leave unfinished)."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = iter(lines)
+
+    def __aiter__(self) -> _Lines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        import anyio.lowlevel
+
+        await anyio.lowlevel.checkpoint()
+        try:
+            return next(self._lines)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class MockTransport:
+    """A transport that answers from *handler*; ``requests`` lists what the client sent, in order.
+
+    Pass it as ``Client(transport=MockTransport(handler))``: every endpoint's
+    requests (health checks included) go to the one handler.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[MockRequest] = []
+        self.closed = False
+
+    def sent(self, path: str | None = None) -> list[MockRequest]:
+        """The requests sent (to *path* only, when given)."""
+        return [r for r in self.requests if path is None or r.path == path]
+
+    async def _answer(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, stream: bool
+    ) -> MockResponse:
+        request = MockRequest(
+            method, url, {k.lower(): v for k, v in headers.items()}, bytes(body or b""), stream
+        )
+        self.requests.append(request)
+        try:
+            answer = self.handler(request)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except TimeoutError as exc:
+            raise BackendTimeout(f"no answer from {redact_url(url)}: {exc or 'timed out'}", url=url) from exc
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url) from exc
+        if not isinstance(answer, MockResponse):
+            raise TypeError(f"the MockTransport handler returned {type(answer).__name__}, not MockResponse")
+        return answer
+
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> HttpResponse:
+        resp = await self._answer(method, url, headers, body, False)
+        return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.body)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> AsyncIterator[_MockStream]:
+        yield _MockStream(await self._answer(method, url, headers, body, True))
+
+    async def aclose(self) -> None:
+        self.closed = True
