@@ -522,6 +522,9 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(faulty: Any, tmp_path: Pa
 
         t = threading.Thread(target=call)
         t.start()
+        # a health checker that keeps its connection open (a load balancer does)
+        checker = httpx.Client(timeout=5)
+        assert checker.get(gw.url + "/healthz").status_code == 200
         deadline = time.monotonic() + 10
         while not faulty.log(CHAT) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -532,6 +535,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(faulty: Any, tmp_path: Pa
         port = int(gw.url.rsplit(":", 1)[1])
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             pass  # no longer accepting
+        # while draining, no health check says ready: the idle kept-alive connection is closed too
+        with pytest.raises(httpx.TransportError):
+            checker.get(gw.url + "/healthz")
+        checker.close()
         t.join(timeout=20)
         assert got and got[0].choices[0].message.content.endswith("A grey cat on a sofa.")
         try:
