@@ -64,7 +64,6 @@ def openai_client(*, retry: dict[str, Any] | None = None, **keys: Any) -> Client
         ("lmstudio", "http://localhost:1234/v1", None),
         ("koboldcpp", "http://localhost:5001/v1", None),
         ("textgen-webui", "http://localhost:5000/v1", None),
-        ("triton-openai", "http://localhost:9000/v1", None),
         ("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
         ("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
         ("gemini", "https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
@@ -83,7 +82,15 @@ def test_preset_fills_base_url_and_key_env(preset: str, url: str, key_env: str |
 
 
 def test_every_preset_is_covered() -> None:
-    assert len(PRESETS) == 14
+    assert len(PRESETS) == 13
+
+
+def test_the_triton_openai_preset_points_to_the_triton_backend() -> None:
+    """Triton's OpenAI frontend has one implementation: the triton plugin's mode = "openai"."""
+    with pytest.raises(ConfigError) as info:
+        openai_client(preset="triton-openai").settings  # noqa: B018
+    text = str(info.value) + (info.value.hint or "")
+    assert 'backends.triton.mode = "openai"' in text, text
 
 
 def test_explicit_values_win_over_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,6 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "lmstudio": ("http://localhost:1234/v1", None),
     "koboldcpp": ("http://localhost:5001/v1", None),
     "textgen-webui": ("http://localhost:5000/v1", None),
-    "triton-openai": ("http://localhost:9000/v1", None),
     "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
     "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
@@ -107,7 +106,16 @@ QUIRKS: dict[str, Quirks] = {
 }
 
 
+#: Former presets now served by a backend of their own (one implementation of each server).
+MOVED = {
+    "triton-openai": "the triton backend serves Triton's OpenAI frontend, with its quirks (text only, "
+    'no fields outside its schema): backend = "triton" with backends.triton.mode = "openai"',
+}
+
+
 def _check_preset(instance: object, attribute: attrs.Attribute, value: str | None) -> None:
+    if value in MOVED:
+        raise ValueError(f"preset {value!r} is gone: {MOVED[value]}")
     if value is not None and value not in PRESETS:
         raise ValueError(f"unknown preset {value!r}; known presets: {', '.join(sorted(PRESETS))}")
 
@@ -118,7 +126,7 @@ class OpenAISettings(BackendSettings):
 
     Attributes:
         preset: A known service or local server (``ollama``, ``llamacpp``,
-            ``lmstudio``, ``koboldcpp``, ``textgen-webui``, ``triton-openai``,
+            ``lmstudio``, ``koboldcpp``, ``textgen-webui``,
             ``openrouter``, ``openai``, ``gemini``, ``dashscope``, ``anthropic``,
             ``chutes``, ``nanogpt``, ``mistral``): fills in ``base_url`` and
             ``api_key_env`` when those are unset, and applies the service's
