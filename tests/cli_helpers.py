@@ -18,6 +18,8 @@ def cli_env(cwd: Path, **extra: str) -> dict[str, str]:
         IMAGEWORKS_CONFIG_FILE=str(cwd / "no-such-user-config.toml"),
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
+        # leaks show: run_cli fails a test whose CLI run printed one
+        PYTHONWARNINGS="default::ResourceWarning",
     )
     env.update(extra)
     return env
@@ -46,7 +48,7 @@ def python_as_user(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def run_cli(
     cwd: Path, *args: str, timeout: float = 120, errors: str = "surrogateescape", **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in *cwd*; fails the test if it printed a traceback."""
+    """Run the CLI in *cwd*; fails the test if it printed a traceback or leaked a resource."""
     proc = subprocess.run(
         cli_argv(*args),
         cwd=cwd,
@@ -58,6 +60,7 @@ def run_cli(
         timeout=timeout,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert "ResourceWarning" not in proc.stderr, proc.stderr
     return proc
 
 

@@ -298,8 +298,8 @@ def test_xmp_embed_writes_into_a_copy(tmp_path: Path, faulty: Any) -> None:
     assert backup.read_bytes() == original  # exiftool's backup is the untouched image
     assert not keep.with_suffix(".xmp").exists()  # embedded, not a sidecar
     assert (folder / "keep.jpg.cn_metadata.json").is_file()
-    with Image.open(keep) as im:  # still a valid JPEG with the same pixels' size
-        assert im.format == "JPEG" and im.size == Image.open(backup).size
+    with Image.open(keep) as im, Image.open(backup) as before:  # still a JPEG, the same size
+        assert im.format == "JPEG" and im.size == before.size
 
     proc = run_cli(
         tmp_path, "describe", "nobackup", "--xmp", "embed", "--no-backup", "--output", "r.jsonl", *common

@@ -139,7 +139,8 @@ def _post(url: str, body: Any) -> tuple[int, dict[str, str], bytes]:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        with exc:  # it holds the connection
+            return exc.code, dict(exc.headers), exc.read()
 
 
 def _chat(image: bool = True, **extra: Any) -> dict[str, Any]:
@@ -237,6 +238,7 @@ def test_fake_server_health_probes_are_scriptable(imageworks_openai_server: Fake
     server.always(fs.status(503, {"status": "initializing"}), path="/health")
     with pytest.raises(urllib.error.HTTPError) as exc_info:
         urllib.request.urlopen(server.base_url + "/health", timeout=5)
+    exc_info.value.close()  # it holds the connection
     assert exc_info.value.code == 503
     server.reset()
     assert server.requests() == []

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -34,7 +35,8 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        with exc:  # it holds the connection
+            return int(exc.code)
     except (OSError, ValueError):
         return None
 
@@ -63,7 +65,7 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
-        self._logfile = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in __exit__)
+        self._logfile: Any = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop)
             prefix=f"imageworks-{name}-", suffix=".log", delete=False
         )
 
@@ -79,6 +81,8 @@ class ServerProcess:
         return text[-tail:]
 
     def start(self) -> ServerProcess:
+        if self._logfile.closed:  # started again after a stop: the same log, appended
+            self._logfile = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._logfile,
@@ -116,14 +120,13 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._logfile.flush()
+        self._logfile.close()  # the log stays on disk (log() reads it); an open handle would leak
 
     def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        self._logfile.close()  # the log stays on disk; the handle would be a ResourceWarning
 
 
 def python_argv(module_path: str | os.PathLike[str], *args: str) -> list[str]:

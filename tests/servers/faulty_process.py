@@ -22,8 +22,9 @@ class FaultyProcess:
         self.proc: ServerProcess | None = None
 
     def start(self) -> FaultyProcess:
-        argv = python_argv(Path(faulty_openai.__file__), "--port", str(self.port))
-        self.proc = ServerProcess(argv, ready_url=self.base + "/health", name=self.name, ready_timeout=30)
+        if self.proc is None:  # one process object (one log) across kills and restarts
+            argv = python_argv(Path(faulty_openai.__file__), "--port", str(self.port))
+            self.proc = ServerProcess(argv, ready_url=self.base + "/health", name=self.name, ready_timeout=30)
         self.proc.start()
         return self
 

@@ -733,7 +733,9 @@ class FakeOpenAIServer:
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise ValueError(f"fake server refused {action}: {exc.read().decode(errors='replace')}") from None
+            with exc:  # it holds the connection
+                detail = exc.read().decode(errors="replace")
+            raise ValueError(f"fake server refused {action}: {detail}") from None
 
     def push(
         self,
