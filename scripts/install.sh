@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install ImageWorks backends into ./.venv (created if missing).
-#   scripts/install.sh          core + the vllm, lmdeploy and triton backends (the main job)
+#   scripts/install.sh          core + the vllm, lmdeploy and triton backends (the main job) and the
+#                               Stable Diffusion WebUI and ComfyUI image backends (no heavy dependencies)
 #   scripts/install.sh --dev    everything the tests need too: test tools, the in-process
 #                               transformers backend (CPU torch), the real test servers
 #                               (transformers serve, PyTriton's tritonserver), exiftool and
@@ -26,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip "$@"; }
 pip install -q --upgrade pip
-pip install -q -e core -e plugins/vllm -e plugins/lmdeploy -e plugins/triton
+pip install -q -e core -e plugins/vllm -e plugins/lmdeploy -e plugins/triton -e plugins/sdwebui -e plugins/comfyui
 if [ "$dev" = 1 ]; then
     # torch 2.13.0 resolves to the local CPU wheel on these machines; a bare "torch" would pull CUDA.
     # Test-only servers and tools are pinned in one place (constraints/test.txt); runtime

@@ -35,10 +35,18 @@ DISTRIBUTIONS = {
     "imageworks-backend-lmdeploy": "plugins/lmdeploy",
     "imageworks-backend-triton": "plugins/triton",
     "imageworks-backend-transformers": "plugins/transformers",
+    "imageworks-backend-sdwebui": "plugins/sdwebui",
+    "imageworks-backend-comfyui": "plugins/comfyui",
     "imageworks-backend-echo": "examples/imageworks-backend-echo",
 }
 #: What a user installs, by name (each pulls in imageworks-core).
-USER_INSTALLS = ["imageworks-backend-vllm", "imageworks-backend-lmdeploy", "imageworks-backend-triton"]
+USER_INSTALLS = [
+    "imageworks-backend-vllm",
+    "imageworks-backend-lmdeploy",
+    "imageworks-backend-triton",
+    "imageworks-backend-sdwebui",
+    "imageworks-backend-comfyui",
+]
 TEST_ONLY = ["pytest", "trio", "transformers", "torch", "deptry"]
 
 pytestmark = pytest.mark.slow
@@ -199,7 +207,7 @@ def test_version_and_backends_commands(user_venv: Path, tmp_path: Path) -> None:
     backends = _cli(user_venv, tmp_path, "backends", "--json")
     assert backends.returncode == 0, _show(backends)
     names = {b["name"] for b in json.loads(backends.stdout)}
-    assert {"openai", "vllm", "lmdeploy", "triton"} <= names, names
+    assert {"openai", "vllm", "lmdeploy", "triton", "sdwebui", "comfyui"} <= names, names
 
 
 @pytest.fixture
