@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .generate import add_parser as add_generate_parser
 
     add_generate_parser(sub, epilog)
+    from .ask import add_parser as add_ask_parser
+
+    add_ask_parser(sub, epilog, _backend_flags)
     from .compare.command import add_parser as add_compare_parser
 
     add_compare_parser(sub, epilog)
@@ -316,6 +319,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .generate import command as generate
 
         return generate(args, _client)
+    if args.command == "ask":
+        from .ask import command as ask
+
+        return ask(args, _client)
     if args.command == "compare":
         from .compare.command import compare
 

@@ -18,7 +18,7 @@ import anyio
 import attrs
 
 from .client import Client
-from .errors import ImageWorksError, redact_url
+from .errors import ConfigError, ImageWorksError, redact_url
 from .image_models import ImageRequest, ImageResult
 from .imagefiles import file_names, infotext, parameter_pairs, png_with_metadata, write_image
 from .outputs import JsonlWriter
@@ -151,6 +151,12 @@ def add_parser(sub: Any, epilog: str) -> None:
     what.add_argument("--guidance", type=float, metavar="G", help="guidance (CFG) scale")
     what.add_argument("--negative", metavar="TEXT", help="negative prompt (backends that take one)")
     what.add_argument("--model", dest="image_model", metavar="M", help="image model (default: configured)")
+    what.add_argument(
+        "--workflow",
+        type=Path,
+        metavar="FILE",
+        help="a ComfyUI workflow in API format with {{prompt}} etc. placeholders (the comfyui backend)",
+    )
     out = p.add_argument_group("outputs")
     out.add_argument("--out", type=Path, default=Path("."), metavar="DIR", help="folder for the PNGs")
     out.add_argument("--overwrite", action="store_true", help="replace files of the same names")
@@ -197,6 +203,19 @@ def command(args: Any, make_client: Any) -> int:
     )
     opts = GenerateOptions(request=request, out=args.out, output=args.output, overwrite=args.overwrite)
     client = make_client(args)
+    if args.workflow is not None:
+        if (args.backend or "comfyui") != "comfyui":
+            raise ConfigError(
+                f"--workflow is a ComfyUI workflow; the {args.backend} backend cannot run one",
+                hint="use --backend comfyui (pip install imageworks-backend-comfyui), or drop --workflow",
+            )
+        if "comfyui" not in client.registry.backends:
+            raise ConfigError(
+                "--workflow needs the comfyui backend, which is not installed",
+                hint="pip install imageworks-backend-comfyui",
+            )
+        # the backend's own setting (it reads and checks the file): a fallback never sees it
+        client.use_backend("comfyui", workflow=str(args.workflow.absolute()))
 
     async def job() -> list[Path]:
         async with client:
