@@ -340,3 +340,13 @@ def test_imageworks_backends_lists_it_as_image_generation() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout[proc.stdout.index("\nsdwebui ") :].splitlines()[:6]
     assert any(line.strip() == "kinds: image_generation" for line in lines), proc.stdout
+
+
+async def test_an_answer_that_is_not_json_is_a_protocol_error_with_its_first_bytes() -> None:
+    """A proxy's HTML page instead of the WebUI's JSON: retried (the server may recover), then reported."""
+    mock = MockTransport(webui(lambda r: MockResponse.text("<html>502 from the proxy</html>")))
+    async with client(mock) as c:
+        with pytest.raises(BackendProtocolError, match="malformed JSON") as info:
+            await c.generate_image(ImageRequest("a lighthouse"))
+    assert "<html>502 from the proxy" in info.value.message
+    assert len(mock.sent("/sdapi/v1/txt2img")) == 4  # retry.max_attempts: a retryable error

@@ -83,10 +83,9 @@ def command(args: argparse.Namespace, make_client: Any) -> int:
 
     async def job() -> Result | None:
         async with client:
-            if client.settings.backend == "auto":
-                from .auto import choose_backend
+            from .auto import settle_backend
 
-                await choose_backend(client)
+            await settle_backend(client)
             if not stream:
                 return await client.infer(request)
             from contextlib import aclosing

@@ -33,7 +33,7 @@ from .models import HealthReport
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["DEFAULT_ORDER", "LAST_RESORT", "LOCAL_PRESETS", "choose_backend", "usable"]
+__all__ = ["DEFAULT_ORDER", "LAST_RESORT", "LOCAL_PRESETS", "choose_backend", "settle_backend", "usable"]
 
 log = logging.getLogger("imageworks.auto")
 
@@ -68,6 +68,12 @@ def usable(report: HealthReport) -> str | None:
         model = report.models[0] if report.models else "its model"
         return f"{model} is not on local disk (auto never downloads a model)"
     return None
+
+
+async def settle_backend(client: Client) -> None:
+    """With ``backend = "auto"`` (``--vlm-backend auto``), pick the backend now; otherwise nothing."""
+    if client.settings.backend == "auto":
+        await choose_backend(client)
 
 
 async def choose_backend(client: Client) -> str:

@@ -219,10 +219,9 @@ def describe(args: argparse.Namespace, make_client: Callable[[argparse.Namespace
 
     async def job() -> Any:
         async with client:
-            if client.settings.backend == "auto":
-                from .auto import choose_backend
+            from .auto import settle_backend
 
-                await choose_backend(client)
+            await settle_backend(client)
             with progress:
                 if not progress.enabled:
                     return await run_describe(client, opts, on_event=progress.on_event)

@@ -289,6 +289,14 @@ class HttpClient:
             resp.status, resp.headers, resp.body, backend=self.backend, url=self.url(path), hint=self.hint
         )
 
+    def json(self, resp: HttpResponse, path: str) -> Any:
+        """The decoded JSON body of *resp* (from *path*), whatever its status.
+
+        Raises:
+            BackendProtocolError: The body is not JSON (retryable; its first bytes in the message).
+        """
+        return _decode_json(resp, backend=self.backend, url=self.url(path))
+
     def _check(self, resp: HttpResponse, path: str) -> None:
         if resp.status >= 400:
             raise self.error(resp, path)

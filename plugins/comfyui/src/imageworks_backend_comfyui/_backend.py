@@ -106,7 +106,7 @@ class ComfyUIBackend(BackendBase):
         """Checkpoint file names: ``/models/checkpoints``, else ``/object_info/CheckpointLoaderSimple``."""
         resp = await ctx.http.request("GET", "/models/checkpoints")
         if resp.status == 200:
-            data = _json(resp.body)
+            data = ctx.http.json(resp, "/models/checkpoints")
             if isinstance(data, list):
                 return [str(x) for x in data]
         elif resp.status != 404:  # 404: a ComfyUI older than the /models routes
@@ -229,7 +229,7 @@ class ComfyUIBackend(BackendBase):
             if 400 <= resp.status < 500:
                 refusal = prompt_refusal(_json(resp.body), backend=ctx.name, url=url, status=resp.status)
             raise refusal or ctx.http.error(resp, "/prompt")
-        answer = _json(resp.body)
+        answer = ctx.http.json(resp, "/prompt")
         prompt_id = answer.get("prompt_id") if isinstance(answer, Mapping) else None
         if not isinstance(prompt_id, str) or not prompt_id:
             raise BackendProtocolError(
@@ -316,6 +316,7 @@ class ComfyUIBackend(BackendBase):
 
 
 def _json(body: bytes) -> Any:
+    """A refusal's body, when it is JSON (else ``None``: the core's error mapping reads it)."""
     try:
         return json.loads(body)
     except ValueError:

@@ -68,7 +68,7 @@ class SdWebuiBackend(BackendBase):
             )
         if resp.status >= 400:
             raise map_error(ctx.name, resp.status, resp.headers, resp.body, ctx.http.url(MODELS), ctx.hint)
-        entries = _json(ctx, resp.body, MODELS)
+        entries = ctx.http.json(resp, MODELS)
         if not isinstance(entries, list):
             raise BackendProtocolError(
                 f"{ctx.name}: {MODELS} is not a list: {str(entries)[:200]}", backend=ctx.name
@@ -102,7 +102,7 @@ class SdWebuiBackend(BackendBase):
         if resp.status >= 400:
             return None
         try:
-            options = _json(ctx, resp.body, OPTIONS)
+            options = ctx.http.json(resp, OPTIONS)
         except BackendProtocolError:
             return None
         value = options.get("sd_model_checkpoint") if isinstance(options, Mapping) else None
@@ -119,7 +119,7 @@ class SdWebuiBackend(BackendBase):
         generated = time.perf_counter()
         if resp.status >= 400:
             raise map_error(ctx.name, resp.status, resp.headers, resp.body, url, ctx.hint)
-        data = _json(ctx, resp.body, path)
+        data = ctx.http.json(resp, path)
         if not isinstance(data, Mapping):
             raise BackendProtocolError(
                 f"{ctx.name} at {redact_url(url)}: the answer is not a JSON object", backend=ctx.name, url=url
@@ -156,17 +156,3 @@ def _used(body: Mapping[str, Any], info: Mapping[str, Any], path: str) -> dict[s
     if isinstance(scheduler, str):  # not in Processed.js(); the WebUI validates it or refuses the request
         used["scheduler"] = scheduler
     return used
-
-
-def _json(ctx: BackendContext, raw: bytes, path: str) -> Any:
-    import json
-
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise BackendProtocolError(
-            f"{ctx.name} at {redact_url(ctx.http.url(path))} sent malformed JSON: {raw[:200]!r}",
-            backend=ctx.name,
-            url=ctx.http.url(path),
-            retryable=True,
-        ) from None
