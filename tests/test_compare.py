@@ -320,3 +320,53 @@ def test_parallel_candidates_overlap_and_lose_nothing(tmp_path: Path, faulty: An
     slow = [e["time"] for e in log if e["model"] == "slow"]
     fast = [e["time"] for e in log if e["model"] == "fast"]
     assert min(fast) < max(slow)  # the fast candidate did not wait for the slow one to finish
+
+
+def _jpeg(path: Path, size: tuple[int, int], orientation: int | None = None) -> Path:
+    from PIL import Image
+
+    image = Image.new("RGB", size, (200, 40, 40))
+    image.paste((20, 20, 220), (0, 0, size[0] // 2, size[1]))  # left half blue
+    if orientation is None:
+        image.save(path, "JPEG", quality=90)
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(path, "JPEG", quality=90, exif=exif.tobytes())
+    return path
+
+
+def test_thumbnails_come_upright_from_the_prepared_frame_and_never_fail_an_image(tmp_path: Path) -> None:
+    """Live runs make each thumbnail while preparing the image (no second decode).
+
+    The thumbnail is upright (EXIF orientation applied), at most 150 px, a JPEG; a
+    small JPEG sent as it is still gets one; a thumbnail folder that cannot be
+    written costs the report its thumbnails, never the images.
+    """
+    import anyio
+    from PIL import Image
+
+    from imageworks_core.compare.run import prepare_all
+    from imageworks_core.compare.thumbs import thumb_path
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rotated = _jpeg(src / "rotated.jpg", (1600, 1000), orientation=6)  # shown as 1000 x 1600
+    small = _jpeg(src / "small.jpg", (300, 200))  # within the budget: passed through byte for byte
+    thumbs = tmp_path / "thumbs"
+    prepared = anyio.run(prepare_all, [str(src)], 1_000_000, thumbs)
+    assert [p.error for p in prepared] == [None, None]
+    with Image.open(thumb_path(thumbs, str(rotated))) as im:
+        assert im.format == "JPEG" and max(im.size) == 150 and im.height > im.width, im.size
+        top, bottom = im.getpixel((im.width // 2, 5)), im.getpixel((im.width // 2, im.height - 5))
+        assert isinstance(top, tuple) and isinstance(bottom, tuple)
+        assert top[2] > 150 > bottom[2]  # the left (blue) half is on top after a 90-degree turn
+    with Image.open(thumb_path(thumbs, str(small))) as im:
+        assert im.format == "JPEG" and im.size == (150, 100)
+    small_prepared = next(p.image for p in prepared if p.key == str(small))
+    assert small_prepared is not None and small_prepared.data == small.read_bytes()
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the thumbnail folder should be")
+    again = anyio.run(prepare_all, [str(src)], 1_000_000, blocked)
+    assert [p.error for p in again] == [None, None] and all(p.image is not None for p in again)

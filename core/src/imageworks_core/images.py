@@ -18,6 +18,7 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from typing import Final, cast
 
 import anyio
@@ -117,11 +118,27 @@ def prepare_image(
             in an unsupported format, or too large to decode safely.
         ValueError: *quality* is out of range.
     """
+    return prepare_image_seen(source, max_pixels=max_pixels, quality=quality)
+
+
+def prepare_image_seen(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    quality: int = 90,
+    seen: Callable[[Image.Image], None] | None = None,
+) -> PreparedImage:
+    """:func:`prepare_image`, and *seen* gets the final frame (upright, sRGB) before it is encoded.
+
+    Internal (not exported): ``compare`` makes its report thumbnails from that frame
+    instead of decoding the prepared image again.  A JPEG passed through untouched has
+    no decoded frame: *seen* is not called then.
+    """
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be between 1 and 100, got {quality}")
     name, data = _read_source(source)
     try:
-        return _prepare(name, data, max_pixels, quality)
+        return _prepare(name, data, max_pixels, quality, seen)
     except InputError:
         raise
     except Exception as exc:  # Pillow's decoders raise many types on bad data; none may escape raw
@@ -221,7 +238,9 @@ def _directory_error(path: str) -> InputError:
 # --- decoding and shaping --------------------------------------------------------------------
 
 
-def _prepare(name: str, data: bytes, max_pixels: int | None, quality: int) -> PreparedImage:
+def _prepare(
+    name: str, data: bytes, max_pixels: int | None, quality: int, seen: Callable[[Image.Image], None] | None
+) -> PreparedImage:
     with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
         size = im.size
         target = _fit(size, max_pixels)
@@ -236,6 +255,8 @@ def _prepare(name: str, data: bytes, max_pixels: int | None, quality: int) -> Pr
         frame = _to_srgb(frame, im.info.get("icc_profile"))
         if orientation in _TRANSPOSE:
             frame = frame.transpose(_TRANSPOSE[orientation])
+        if seen is not None:
+            seen(frame)
         encoded, mime = _encode(frame, quality)
     return PreparedImage(encoded, mime, *frame.size, *_oriented(size, orientation), name)
 

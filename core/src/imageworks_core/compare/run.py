@@ -13,6 +13,7 @@ rebuilt with ``--from`` is the same report.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from ..outputs import JsonlWriter
 from ..templates import get_template
 from .candidates import Candidate
 from .records import error_record, result_record
-from .thumbs import write_thumbnail
+from .thumbs import prepare_with_thumbnail
 
 __all__ = ["CompareOptions", "Prepared", "prepare_all", "run_compare"]
 
@@ -94,16 +95,15 @@ async def prepare_all(paths: Sequence[str], max_pixels: int, thumbs: Path | None
             return
         key = os.fsdecode(entry)
         try:
-            image = await aprepare_image(entry, max_pixels=max_pixels, limiter=limiter)
+            if thumbs is None:
+                image = await aprepare_image(entry, max_pixels=max_pixels, limiter=limiter)
+            else:  # one thread hop: the thumbnail comes from the frame being prepared
+                work = functools.partial(prepare_with_thumbnail, entry, max_pixels, thumbs, key)
+                image = await anyio.to_thread.run_sync(work, limiter=limiter)
         except InputError as exc:
             out[i] = Prepared(key, error=exc)
             return
         out[i] = Prepared(key, image=image)
-        if thumbs is not None:
-            try:
-                await anyio.to_thread.run_sync(write_thumbnail, thumbs, key, image, limiter=limiter)
-            except (InputError, OSError) as exc:  # the report shows "no thumbnail"; the run goes on
-                log.warning("%s: no thumbnail for the report: %s", key, exc)
 
     async with anyio.create_task_group() as tg:
         for i, entry in enumerate(found):

@@ -1,26 +1,29 @@
-"""Thumbnails for the report: made once from the prepared image, kept beside the results.
+"""Thumbnails for the report: made once while the image is prepared, kept beside the results.
 
-A live run writes ``DIR/thumbs/<name>.jpg`` for each image from the image it
-already prepared (a small decode, not a second read of the original); a report
-rebuilt with ``--from`` uses those files, so it embeds the same bytes.  For
-results without thumbnails (``describe``'s), they are made from the original
-files, when those can still be read.
+A live run writes ``DIR/thumbs/<name>.jpg`` for each image from the frame it
+prepares anyway (upright, sRGB, already at about 1 MP: a cheap reduce, no
+second decode); a report rebuilt with ``--from`` uses those files, so it embeds
+the same bytes.  For results without thumbnails (``describe``'s), they are made
+from the original files, when those can still be read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image
 
 from ..errors import InputError
-from ..images import prepare_image
+from ..images import prepare_image, prepare_image_seen
 from ..models import PreparedImage
 
-__all__ = ["THUMB_PIXELS", "THUMB_SIDE", "load_thumbnails", "thumb_path", "write_thumbnail"]
+__all__ = ["THUMB_PIXELS", "THUMB_SIDE", "load_thumbnails", "prepare_with_thumbnail", "thumb_path"]
+
+log = logging.getLogger("imageworks.compare")
 
 THUMB_SIDE = 150
 THUMB_PIXELS = 160 * 160  # thumbnails made from original files (results without thumbs/)
@@ -49,19 +52,45 @@ def _small_jpeg(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def write_thumbnail(folder: Path, image: str, prepared: PreparedImage) -> None:
-    """Make and store *image*'s thumbnail from its prepared form (blocking; run it in a thread).
+def _thumb_of_frame(frame: Image.Image) -> bytes:
+    """A thumbnail of a decoded frame: a box reduce by a whole factor, then a small bilinear fit."""
+    factor = max(1, max(frame.width, frame.height) // THUMB_SIDE)
+    small = frame.reduce(factor) if factor > 1 else frame.copy()
+    small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    if small.mode != "RGB":
+        small = small.convert("RGB")
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def prepare_with_thumbnail(path: str | Path, max_pixels: int, folder: Path, image: str) -> PreparedImage:
+    """Prepare *path* for sending and store its report thumbnail in *folder* (blocking; run it in a thread).
+
+    The thumbnail comes from the frame being prepared; a JPEG passed through
+    untouched is decoded once more at its smallest DCT scale.  A thumbnail that
+    cannot be made or written is logged, never the image's failure: the report
+    shows "no thumbnail" and the run goes on.
 
     Raises:
-        InputError: The prepared image cannot be decoded (it always can, unless it was damaged).
-        OSError: The thumbnail cannot be written.
+        InputError: The image itself cannot be prepared.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    made: list[bytes] = []
+
+    def keep(frame: Image.Image) -> None:
+        try:
+            made.append(_thumb_of_frame(frame))
+        except (OSError, ValueError) as exc:  # never the image's failure: fall back below
+            log.debug("%s: thumbnail from the frame failed: %s", image, exc)
+
+    prepared = prepare_image_seen(path, max_pixels=max_pixels, seen=keep)
     try:
-        data = _small_jpeg(prepared.data)
+        data = made[0] if made else _small_jpeg(prepared.data)
+        folder.mkdir(parents=True, exist_ok=True)
+        thumb_path(folder, image).write_bytes(data)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{image}: cannot make a thumbnail: {exc}", source=image) from None
-    thumb_path(folder, image).write_bytes(data)
+        log.warning("%s: no thumbnail for the report: %s", image, exc)
+    return prepared
 
 
 def load_thumbnails(images: Iterable[str], folders: Iterable[Path]) -> dict[str, str | None]:
