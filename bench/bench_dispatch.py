@@ -15,15 +15,23 @@ interpreter cannot import it, it runs under ``.venv-bench/bin/python``
 
     python bench/bench_dispatch.py                       # n=2000, c=8,64,256, 5 repeats
     python bench/bench_dispatch.py -n 1000 --repeats 1 --concurrency 64   # quick
+
+``--ours-at REV`` adds a peer ``ours@REV``: the same ``bench/ours.py`` run on the
+core of an earlier commit (``git archive REV core`` into a temporary folder, put
+first on ``PYTHONPATH``), so a before/after ratio is measured in one run on one
+machine instead of against a figure from another day.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -72,15 +80,38 @@ def server_stats(base_url: str) -> dict[str, float]:
         return dict(json.loads(resp.read()))
 
 
+def core_at(rev: str, into: Path) -> Path:
+    """``core/src`` of commit *rev*, extracted under *into* (for the ``ours@REV`` peer)."""
+    folder = into / rev.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "core"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "core" / "src"
+
+
 def measure_once(
-    python: str, peer: str, base_url: str, n: int, c: int, warmup: int, timeout_s: float
+    python: str,
+    peer: str,
+    base_url: str,
+    n: int,
+    c: int,
+    warmup: int,
+    timeout_s: float,
+    core_src: Path | None = None,
 ) -> dict[str, Any]:
-    """One measurement in a fresh subprocess; adds the server's CPU per request."""
-    argv = [python, str(PEERS_PY), "--base-url", base_url, "-n", str(n), "-c", str(c), "--peer", peer]
+    """One measurement in a fresh subprocess; adds the server's CPU per request.
+
+    With *core_src*, ``imageworks_core`` is imported from there (an earlier commit's core).
+    """
+    name = peer.split("@", 1)[0]
+    argv = [python, str(PEERS_PY), "--base-url", base_url, "-n", str(n), "-c", str(c), "--peer", name]
     argv += ["--warmup", str(warmup), "--deadline-s", str(max(10.0, timeout_s - 30))]
+    env = dict(os.environ)
+    if core_src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(core_src), env.get("PYTHONPATH")) if p)
     before = server_stats(base_url)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"peer": peer, "c": c, "n": n, "ok": 0, "failed": f"timed out after {timeout_s}s"}
     after = server_stats(base_url)
@@ -89,6 +120,7 @@ def measure_once(
         tail = (proc.stderr or proc.stdout)[-1500:]
         return {"peer": peer, "c": c, "n": n, "ok": 0, "failed": f"exit {proc.returncode}: {tail}"}
     record: dict[str, Any] = json.loads(lines[-1])
+    record["peer"] = peer
     served = max(1.0, after["requests"] - before["requests"] - 1)  # minus the /_stats call itself
     record["server_cpu_ms_per_req"] = round(1000 * (after["cpu_s"] - before["cpu_s"]) / served, 4)
     return record
@@ -132,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="limit for one measurement")
     parser.add_argument("--max-total-s", type=float, default=3600.0, help="stop starting runs after this")
     parser.add_argument("--json-out", default=None, help="write all records and summaries here")
+    parser.add_argument(
+        "--ours-at",
+        action="append",
+        default=[],
+        metavar="REV",
+        help="also run ours on the core of commit REV (peer ours@REV); may be repeated",
+    )
     args = parser.parse_args(argv)
 
     ours = (BENCH_DIR / "ours.py").is_file()
@@ -142,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     concurrencies = [int(x) for x in args.concurrency.split(",") if x]
     pythons = choose_pythons(peers, args.bench_python)
     peers = [p for p in peers if p in pythons]
+    earlier = Path(tempfile.mkdtemp(prefix="imageworks-bench-rev-"))
+    cores: dict[str, Path] = {}
+    for rev in args.ours_at:
+        cores[f"ours@{rev}"] = core_at(rev, earlier)
+        pythons[f"ours@{rev}"] = sys.executable
+        peers.append(f"ours@{rev}")
     baseline = args.baseline or ("ours" if "ours" in peers else "raw_aiohttp")
 
     port = free_port()
@@ -160,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         _log("max-total-s reached; stopping early")
                         break
                     record = measure_once(
-                        pythons[peer], peer, base_url, args.n, c, args.warmup, args.timeout_s
+                        pythons[peer], peer, base_url, args.n, c, args.warmup, args.timeout_s, cores.get(peer)
                     )
                     record.update(repeat=rep, python=pythons[peer])
                     records.append(record)
@@ -170,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     _log(f"c={c:<4} rep={rep} {peer:<15} {shown}")
 
+    shutil.rmtree(earlier, ignore_errors=True)
     summary: dict[str, dict[str, Any]] = {}
     for c in concurrencies:
         for peer in peers:
