@@ -123,6 +123,71 @@ def test_cli_generate_with_diffusers(tiny_sd: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_each_step_is_a_progress_event_on_the_event_loop(tiny_sd: Path) -> None:
+    import threading
+
+    from imageworks_core import Event
+
+    seen: list[tuple[Event, int]] = []
+    async with sd_client(tiny_sd) as c:
+        await c.generate_image(
+            ImageRequest("x", size="32x32", steps=3, seed=3),
+            on_event=lambda e: seen.append((e, threading.get_ident())),
+        )
+    steps = [(e.step, e.total, e.backend) for e, _ in seen if e.kind == "progress"]
+    assert steps == [(1, 3, "diffusers"), (2, 3, "diffusers"), (3, 3, "diffusers")]
+    assert {thread for _, thread in seen} == {threading.get_ident()}  # callbacks never on the worker
+    assert seen[-1][0].kind == "done"
+
+
+def test_cli_generate_shows_the_steps_on_a_terminal(tiny_sd: Path, tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal: one line per step, rewritten in place, cleared at the end."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    from cli_helpers import cli_argv, cli_env
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[backends.diffusers]\nmodel = "{tiny_sd}"\ndevice = "cpu"\nlocal_files_only = true\n')
+    argv = cli_argv("generate", "a chart", "--backend", "diffusers", "--config", str(cfg), "--steps", "3")
+    leader, follower = pty.openpty()
+    argv += ["--size", "32x32", "--seed", "1"]
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    err = b""
+    try:
+        while select.select([leader], [], [], 300)[0]:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the process ended
+                break
+            if not data:
+                break
+            err += data
+    finally:
+        os.close(leader)
+        assert proc.wait(timeout=60) == 0, err
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode()
+        proc.stdout.close()
+    text = err.decode()
+    assert out.split() == ["a-chart_001.png"]
+    for step in (1, 2, 3):
+        assert f"\r\x1b[2Kdiffusers: step {step}/3 ({100 * step // 3} %)" in text, text
+    assert text.index("step 3/3") < text.rindex("\r\x1b[2K") < text.index("1 image(s) written")
+    assert "Traceback" not in text and "ResourceWarning" not in text
+
+
+@pytest.mark.anyio
 async def test_cancel_stops_the_pipeline_and_the_next_request_runs(tiny_sd: Path) -> None:
     import time
 

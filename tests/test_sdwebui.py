@@ -350,3 +350,125 @@ async def test_an_answer_that_is_not_json_is_a_protocol_error_with_its_first_byt
             await c.generate_image(ImageRequest("a lighthouse"))
     assert "<html>502 from the proxy" in info.value.message
     assert len(mock.sent("/sdapi/v1/txt2img")) == 4  # retry.max_attempts: a retryable error
+
+
+def _state(job_no: int, job_count: int, step: int, steps: int) -> dict[str, Any]:
+    """``GET /sdapi/v1/progress``: ``ProgressResponse`` with ``State.dict()`` (modules/shared_state.py)."""
+    return {
+        "progress": 0.0,
+        "eta_relative": 1.0,
+        "state": {
+            "skipped": False,
+            "interrupted": False,
+            "stopping_generation": False,
+            "job": "txt2img",
+            "job_count": job_count,
+            "job_timestamp": "20240601120000",
+            "job_no": job_no,
+            "sampling_step": step,
+            "sampling_steps": steps,
+        },
+        "current_image": None,
+        "textinfo": None,
+        "current_task": "task(abc)",
+    }
+
+
+async def test_progress_is_read_beside_the_job_and_reaches_the_caller_as_events() -> None:
+    import anyio
+
+    from imageworks_core import Event
+
+    seen: dict[str, int] = {"step": 0}
+    finished = anyio.Event()
+
+    async def handle(request: MockRequest) -> MockResponse:
+        if request.path == "/sdapi/v1/progress":
+            assert request.query == {"skip_current_image": "true"}  # never the preview image
+            if finished.is_set():
+                return MockResponse.json(_state(0, 0, 0, 0))  # idle
+            seen["step"] += 5
+            return MockResponse.json(_state(0, 1, min(seen["step"], 20), 20))
+        if request.path == "/sdapi/v1/txt2img":
+            await anyio.sleep(1.8)  # the job runs: about three progress reads at 0.5 s
+            finished.set()
+            return answer(request)
+        return webui()(request)
+
+    events: list[Event] = []
+    mock = MockTransport(handle)
+    async with client(mock) as c:
+        result = await c.generate_image(ImageRequest("a lighthouse"), on_event=events.append)
+        reads = len(mock.sent("/sdapi/v1/progress"))
+        await anyio.sleep(0.7)  # no read after the job ended
+        assert len(mock.sent("/sdapi/v1/progress")) == reads
+    assert len(result.images) == 1
+    progress = [e for e in events if e.kind == "progress"]
+    assert 2 <= len(progress) <= 4, progress
+    assert [e.step for e in progress] == sorted(e.step for e in progress) and progress[0].step == 5
+    assert {(e.total, e.backend, e.attempt, e.detail) for e in progress} == {(20, "sdwebui", 1, None)}
+    assert events[-1].kind == "done"
+
+    # nobody listening: not one progress read
+    quiet = MockTransport(handle)
+    finished = anyio.Event()
+    async with client(quiet) as c:
+        await c.generate_image(ImageRequest("a lighthouse"))
+    assert quiet.sent("/sdapi/v1/progress") == []
+
+
+async def test_progress_reads_that_fail_never_fail_the_job() -> None:
+    import anyio
+
+    from imageworks_core import Event
+
+    async def handle(request: MockRequest) -> MockResponse:
+        if request.path == "/sdapi/v1/progress":
+            calls = len(mock.sent("/sdapi/v1/progress"))
+            if calls == 1:
+                raise ConnectionResetError("reset")
+            if calls == 2:
+                return MockResponse.text("<html>busy</html>", status=200)
+            return MockResponse.json({"detail": "Not Found"}, status=404)
+        if request.path == "/sdapi/v1/txt2img":
+            await anyio.sleep(1.8)
+            return answer(request)
+        return webui()(request)
+
+    events: list[Event] = []
+    mock = MockTransport(handle)
+    async with client(mock) as c:
+        result = await c.generate_image(ImageRequest("a lighthouse"), on_event=events.append)
+    assert len(result.images) == 1 and len(mock.sent("/sdapi/v1/progress")) >= 3
+    assert [e.kind for e in events] == ["started", "done"]
+
+
+def test_parse_progress_steps_across_jobs_and_idle() -> None:
+    from imageworks_backend_sdwebui._protocol import parse_progress
+
+    assert parse_progress(_state(0, 0, 0, 0)) is None  # idle: job_count 0
+    assert parse_progress(_state(0, 1, 7, 20)) == (7, 20, None)
+    assert parse_progress(_state(1, 3, 4, 10)) == (14, 30, "job 2/3")
+    assert parse_progress(_state(5, 3, 40, 10)) == (30, 30, "job 3/3")  # clamped
+    assert parse_progress({"state": {"job_count": "1"}}) is None and parse_progress([]) is None
+
+
+async def test_a_failed_job_raises_its_own_error_while_progress_is_watched() -> None:
+    """The job's error comes out as it is (no exception group from the polling beside it)."""
+    import anyio
+
+    async def handle(request: MockRequest) -> MockResponse:
+        if request.path == "/sdapi/v1/progress":
+            return MockResponse.json(_state(0, 1, 3, 20))
+        if request.path == "/sdapi/v1/txt2img":
+            await anyio.sleep(0.7)
+            return MockResponse.json({"error": "HTTPException", "detail": "Sampler not found"}, status=404)
+        return webui()(request)
+
+    events: list[Any] = []
+    mock = MockTransport(handle)
+    async with client(mock) as c:
+        with pytest.raises(BackendRejected) as exc:
+            await c.generate_image(ImageRequest("a lighthouse"), on_event=events.append)
+    assert "Sampler not found" in exc.value.message
+    assert [e.kind for e in events] == ["started", "progress", "failed"]

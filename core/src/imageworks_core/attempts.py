@@ -30,6 +30,7 @@ import anyio
 import attrs
 
 from .adaptive import AdaptiveLimit
+from .context import Report, reporting
 from .endpoint import Endpoint
 from .errors import (
     BackendDown,
@@ -292,7 +293,8 @@ class ItemRunner:
             result: Result | None = None
             blamed = False  # the endpoint took the blame (outage / pause): the item waits
             try:
-                result = await self._try(caller, ctx, req, st, name, policy.deadline, on_chunk)
+                with reporting(_progress_to(on_event, rid, name, sends + 1)):
+                    result = await self._try(caller, ctx, req, st, name, policy.deadline, on_chunk)
             except BaseException as exc:
                 error = exc if isinstance(exc, ImageWorksError) else None
                 if error is None:
@@ -531,6 +533,19 @@ def _least_loaded(eps: list[Endpoint]) -> Endpoint:
     if len(eps) == 1:
         return eps[0]
     return min(eps, key=lambda ep: (ep.in_flight + ep.waiting + 1) / max(1, ep.limit))
+
+
+def _progress_to(on_event: OnEvent | None, rid: str, backend: str, attempt: int) -> Report | None:
+    """Where ``ctx.progress`` of this try goes: a ``progress`` event, when anyone listens."""
+    if on_event is None:
+        return None
+
+    def emit(step: int, total: int, detail: str | None) -> None:
+        on_event(
+            Event("progress", rid, backend=backend, attempt=attempt, step=step, total=total, detail=detail)
+        )
+
+    return emit
 
 
 def _log_attempt(

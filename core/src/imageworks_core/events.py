@@ -2,7 +2,9 @@
 
 Item events (``id`` is the item's identity): ``queued``, ``started``, ``retry``,
 ``requeued`` (its backend failed, the item waits for it without using an
-attempt), ``fallback``, ``done``, ``failed``.
+attempt), ``fallback``, ``progress`` (the server reported how far it is:
+``step`` of ``total``, e.g. denoising steps; from backends that can tell),
+``done``, ``failed``.
 
 Backend events (``id`` is ``""``; ``backend`` and ``url`` say which):
 ``outage`` (it stopped answering), ``loading`` (it answers but is not ready),
@@ -45,7 +47,9 @@ class Event:
         url: The endpoint concerned (credentials removed), for backend events.
         seconds: ``probe``: until the next probe; ``paused``: the pause;
             ``recovered`` / ``down``: how long the backend was out.
-        detail: One line on what was seen (a health probe's finding).
+        detail: One line on what was seen (a health probe's finding, a progress note).
+        step: ``progress``: how far the request is.
+        total: ``progress``: the step count it will reach.
     """
 
     kind: str
@@ -57,6 +61,8 @@ class Event:
     url: str | None = None
     seconds: float | None = None
     detail: str | None = None
+    step: int | None = None
+    total: int | None = None
 
 
 OnEvent = Callable[[Event], None]

@@ -19,6 +19,7 @@ import attrs
 
 from .client import Client
 from .errors import ConfigError, ImageWorksError, redact_url
+from .events import Event, OnEvent
 from .image_models import ImageRequest, ImageResult
 from .imagefiles import file_names, infotext, parameter_pairs, png_with_metadata, write_image
 from .outputs import JsonlWriter
@@ -85,8 +86,10 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-async def run_generate(client: Client, opts: GenerateOptions) -> list[Path]:
+async def run_generate(client: Client, opts: GenerateOptions, on_event: OnEvent | None = None) -> list[Path]:
     """Generate, write the files and the JSONL lines; the paths written.
+
+    *on_event* gets the request's events, ``progress`` included (the server's steps).
 
     Raises:
         InputError: an output name is taken (without ``overwrite``): checked before sending.
@@ -99,7 +102,7 @@ async def run_generate(client: Client, opts: GenerateOptions) -> list[Path]:
     route(client, request)  # a usage error (no image backend) fails here, before any output
     with JsonlWriter(opts.output) as writer:
         try:
-            result = await client.generate_image(request)
+            result = await client.generate_image(request, on_event=on_event)
         except ImageWorksError as exc:
             writer.write(generate_record(request, None, error=exc))
             raise
@@ -133,6 +136,34 @@ async def run_generate(client: Client, opts: GenerateOptions) -> list[Path]:
             writer.write(generate_record(request, result, index=i, path=paths[i]))
             written.append(paths[i])
     return written
+
+
+class StepLine:
+    """The request's progress as one line on a terminal: ``sdwebui: step 7/20 (35 %)``, cleared at the end."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._shown = False
+
+    def __call__(self, event: Event) -> None:
+        from .terminal import terminal_safe
+
+        if event.kind == "progress" and event.total:
+            step = min(max(event.step or 0, 0), event.total)
+            text = f"{event.backend}: step {step}/{event.total} ({100 * step // event.total} %)"
+            if event.detail:
+                text += f", {event.detail}"
+            self._stream.write("\r\x1b[2K" + terminal_safe(text))
+            self._stream.flush()
+            self._shown = True
+        elif event.kind in ("retry", "fallback", "done", "failed"):
+            self.clear()
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[2K")
+            self._stream.flush()
+            self._shown = False
 
 
 def add_parser(sub: Any, epilog: str) -> None:
@@ -217,9 +248,15 @@ def command(args: Any, make_client: Any) -> int:
         # the backend's own setting (it reads and checks the file): a fallback never sees it
         client.use_backend("comfyui", workflow=str(args.workflow.absolute()))
 
+    steps = StepLine(sys.stderr) if sys.stderr.isatty() else None
+
     async def job() -> list[Path]:
         async with client:
-            return await run_generate(client, opts)
+            try:
+                return await run_generate(client, opts, on_event=steps)
+            finally:
+                if steps is not None:
+                    steps.clear()
 
     written = anyio.run(job)
     for path in written:

@@ -164,6 +164,7 @@ class DiffusersBackend(BackendBase):
                 )
         kwargs: dict[str, Any] = {**ctx.settings.extra_body, **request.extras}
         stop = threading.Event()
+        report = ctx.progress_wanted  # each step a progress event (from the worker thread)
 
         def run() -> tuple[list[Any], float, float, str]:
             import torch
@@ -176,6 +177,8 @@ class DiffusersBackend(BackendBase):
                 def on_step(p: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
                     if stop.is_set():
                         p._interrupt = True
+                    elif report:
+                        ctx.progress(step + 1, int(getattr(p, "num_timesteps", 0) or steps))
                     return tensors
 
                 gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(request.n)]

@@ -23,12 +23,24 @@ from imageworks_core import (
 )
 from imageworks_core.plugin import encode_body, redact_url
 
-from ._protocol import API_HINT, build_body, checkpoint_ids, map_error, parse_images, parse_info
+from ._protocol import (
+    API_HINT,
+    build_body,
+    checkpoint_ids,
+    map_error,
+    parse_images,
+    parse_info,
+    parse_progress,
+)
 from ._settings import SdWebuiSettings
 
 __all__ = ["SdWebuiBackend"]
 
 MODELS = "/sdapi/v1/sd-models"
+#: The running job's progress; without the preview image (a base64 PNG each time otherwise).
+PROGRESS = "/sdapi/v1/progress?skip_current_image=true"
+#: Seconds between progress reads while a job runs (the WebUI's own page polls about this often).
+PROGRESS_EVERY = 0.5
 OPTIONS = "/sdapi/v1/options"
 #: ``Processed.js()`` keys reported as used, under the names the core's infotext reads.
 _USED = {
@@ -115,7 +127,17 @@ class SdWebuiBackend(BackendBase):
         path, body = build_body(settings, request, model)
         url = ctx.http.url(path)
         started = time.perf_counter()
-        resp = await ctx.http.request("POST", path, body=encode_body(body), timeout=request.timeout)
+        post = ctx.http.request("POST", path, body=encode_body(body), timeout=request.timeout)
+        if ctx.progress_wanted:  # the job's steps, read beside it while it runs
+
+            async def poll() -> None:
+                reply = await ctx.http.request("GET", PROGRESS, timeout=5.0)
+                if reply.status == 200 and (step := parse_progress(ctx.http.json(reply, PROGRESS))):
+                    ctx.progress(*step)
+
+            resp = await ctx.polling(post, poll, every=PROGRESS_EVERY)
+        else:
+            resp = await post
         generated = time.perf_counter()
         if resp.status >= 400:
             raise map_error(ctx.name, resp.status, resp.headers, resp.body, url, ctx.hint)

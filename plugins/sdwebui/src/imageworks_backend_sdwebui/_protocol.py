@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from imageworks_core import GeneratedImage, ImageRequest, InputError, PreparedImage
 from imageworks_core.plugin import (
@@ -243,3 +243,26 @@ def checkpoint_ids(entry: Mapping[str, Any]) -> set[str]:
         ids.add(stem)
         ids.add(stem.rsplit(".", 1)[0])
     return ids
+
+
+def parse_progress(data: Any) -> tuple[int, int, str | None] | None:
+    """``(step, total, detail)`` from a ``GET /sdapi/v1/progress`` answer, or ``None`` when idle.
+
+    The answer's ``state`` is the WebUI's ``State.dict()`` (``modules/shared_state.py``):
+    ``job_no`` of ``job_count`` jobs, ``sampling_step`` of ``sampling_steps`` in the
+    current one.  Steps are counted across the jobs, as the WebUI's own progress
+    does.  The WebUI reports the job it is running: while a request waits behind
+    another client's job, that job's progress is what it shows.
+    """
+    state = data.get("state") if isinstance(data, Mapping) else None
+    if not isinstance(state, Mapping):
+        return None
+    numbers = [state.get(k) for k in ("job_no", "job_count", "sampling_step", "sampling_steps")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+        return None
+    job_no, job_count, step, steps = cast("list[int]", numbers)
+    if job_count <= 0 or steps <= 0:
+        return None
+    job_no = min(max(job_no, 0), job_count - 1)
+    detail = f"job {job_no + 1}/{job_count}" if job_count > 1 else None
+    return job_no * steps + min(max(step, 0), steps), job_count * steps, detail
