@@ -166,3 +166,28 @@ async def test_fallback_with_every_backend_busy_is_overloaded_with_the_soonest_r
             await client.infer(Request(prompt="x"))
     assert err.value.retry_after == 5
     assert {a.backend for a in err.value.attempts} == {"first", "second"}
+
+
+async def test_a_netrc_file_is_never_read_and_never_clashes_with_a_key(
+    faulty: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, anyio_backend: str
+) -> None:
+    """trust_env means proxies and CA files on both transports; a ``.netrc`` login is not sent
+    (httpx never sends one; aiohttp's own trust_env did, and crashed beside an API key)."""
+    import base64
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login photo password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    basic = "Basic " + base64.b64encode(b"photo:s3cret").decode()
+    match = {"path": CHAT, "headers": {"Authorization": basic}}
+    rule = {"match": match, "fault": "ok", "content": "via netrc"}
+    faulty.script([rule])
+    transports = ["aiohttp", "httpx"] if anyio_backend == "asyncio" else ["httpx"]
+    for transport in transports:
+        for key in (None, "k-123"):
+            async with Client(
+                backend="openai", base_url=faulty.v1, transport=transport, user_file=False, api_key=key
+            ) as c:
+                result = await c.infer(Request(prompt="a"))
+            assert result.ok and result.text != "via netrc", (transport, key, result)
