@@ -188,6 +188,57 @@ def test_cli_generate_shows_the_steps_on_a_terminal(tiny_sd: Path, tmp_path: Pat
 
 
 @pytest.mark.anyio
+async def test_img2img_starts_from_the_init_image_at_its_size(tiny_sd: Path) -> None:
+    from imageworks_core import PreparedImage
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 24), (250, 250, 0)).save(buf, "PNG")
+    start = PreparedImage.from_bytes(buf.getvalue())
+    async with sd_client(tiny_sd) as c:
+        a = await c.generate_image(ImageRequest("x", init_image=start, strength=0.5, steps=4, seed=5))
+        b = await c.generate_image(ImageRequest("x", init_image=start, strength=0.5, steps=4, seed=5))
+        wide = await c.generate_image(ImageRequest("x", init_image=start, size="64x32", steps=2, seed=5))
+        plain = await c.generate_image(ImageRequest("x", size="40x24", steps=4, seed=5))
+    assert (a.images[0].width, a.images[0].height) == (40, 24)  # the image's size (sides of 8)
+    assert (wide.images[0].width, wide.images[0].height) == (64, 32)
+    assert a.images[0].data == b.images[0].data != plain.images[0].data  # seeded, and not txt2img
+    assert a.parameters["mode"] == "img2img" and a.parameters["strength"] == 0.5
+    assert "mode" not in plain.parameters
+
+
+def test_cli_init_image_and_its_usage_errors(tiny_sd: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[backends.diffusers]\nmodel = "{tiny_sd}"\ndevice = "cpu"\nlocal_files_only = true\n')
+    Image.new("RGB", (48, 32), (0, 90, 200)).save(tmp_path / "start.jpg")
+    base = [
+        "generate",
+        "a chart",
+        "--backend",
+        "diffusers",
+        "--config",
+        str(cfg),
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+    ]
+    proc = run_cli(tmp_path, *base, "--init-image", "start.jpg", "--strength", "0.6", timeout=300)
+    assert proc.returncode == 0, show(proc)
+    with Image.open(tmp_path / proc.stdout.split()[0]) as im:
+        assert im.size == (48, 32)
+        assert "Denoising strength: 0.6" in im.text["parameters"]  # type: ignore[attr-defined]
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    for extra, says in (
+        (["--strength", "0.5"], "--strength goes with --init-image"),
+        (["--init-image", "missing.png"], "missing.png"),
+        (["--init-image", "broken.jpg"], "broken.jpg"),
+        (["--init-image", "start.jpg", "--strength", "2"], "strength=2.0 is out of range"),
+    ):
+        proc = run_cli(tmp_path, *base, *extra, timeout=120)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, show(proc)
+
+
+@pytest.mark.anyio
 async def test_cancel_stops_the_pipeline_and_the_next_request_runs(tiny_sd: Path) -> None:
     import time
 

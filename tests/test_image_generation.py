@@ -46,8 +46,9 @@ def png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8,
 class PaintBackend:
     """An in-process image-only backend: no ``infer`` / ``stream`` (it declares no text kind)."""
 
-    def __init__(self, name: str = "paint") -> None:
+    def __init__(self, name: str = "paint", init_image: bool = False) -> None:
         self.name = name
+        self.init_image = init_image
         self.calls: list[ImageRequest] = []
 
     @hookimpl
@@ -56,7 +57,9 @@ class PaintBackend:
             name=self.name,
             description="test painter",
             default_base_url="http://in-process.invalid",
-            capabilities=Capabilities(streaming=False, kinds=("image_generation",)),
+            capabilities=Capabilities(
+                streaming=False, kinds=("image_generation",), init_image=self.init_image
+            ),
         )
 
     @hookimpl
@@ -183,6 +186,38 @@ async def test_routes_to_the_first_configured_image_backend() -> None:
     assert [i.seed for i in result.images] == [11, 12]
     assert result.attempts and result.attempts[-1].backend == "paint" and result.attempts[-1].error is None
     assert paint.calls[0].prompt == "a red square"
+
+
+@pytest.mark.anyio
+async def test_an_init_image_goes_only_to_backends_that_take_one() -> None:
+    from imageworks_core import PreparedImage
+
+    start = PreparedImage.from_bytes(png(size=(16, 8)))
+    paint, sketch = PaintBackend(), PaintBackend("sketch", init_image=True)
+    async with client(plugins=[paint, sketch], backend="paint", fallback=["sketch"], allow=[]) as c:
+        result = await c.generate_image(ImageRequest("x", init_image=start, strength=0.4))
+        assert result.backend == "sketch" and paint.calls == []  # paint was left out, not tried
+        assert sketch.calls[0].init_image == start and sketch.calls[0].strength == 0.4
+        await c.generate_image(ImageRequest("x"))  # without one: the first configured, as ever
+        assert len(paint.calls) == 1
+        with pytest.raises(ConfigError, match="'paint' cannot start from an image") as info:
+            await c.generate_image(ImageRequest("x", backend="paint", init_image=start))
+        assert "sketch" in (info.value.hint or "")
+    async with client(plugins=[PaintBackend()], backend="paint", allow=["openai"]) as c:
+        with pytest.raises(ConfigError, match="no configured backend can start from an image") as info:
+            await c.generate_image(ImageRequest("x", init_image=start))
+        assert "pip install imageworks-backend-sdwebui" in (info.value.hint or "")
+
+
+def test_init_image_and_strength_are_checked() -> None:
+    from imageworks_core import InputError
+
+    for bad in (0, -0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(InputError, match="strength"):
+            ImageRequest("x", strength=bad)
+    with pytest.raises(InputError, match="init_image must be a PreparedImage"):
+        ImageRequest("x", init_image=png())  # type: ignore[arg-type]
+    assert ImageRequest("x", strength=1).strength == 1
 
 
 @pytest.mark.anyio

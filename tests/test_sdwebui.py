@@ -472,3 +472,22 @@ async def test_a_failed_job_raises_its_own_error_while_progress_is_watched() -> 
             await c.generate_image(ImageRequest("a lighthouse"), on_event=events.append)
     assert "Sampler not found" in exc.value.message
     assert [e.kind for e in events] == ["started", "progress", "failed"]
+
+
+async def test_an_init_image_is_img2img_at_its_own_size_with_the_strength() -> None:
+    from imageworks_core import PreparedImage
+
+    raw = base64.b64decode(png(48, 32))
+    start = PreparedImage.from_bytes(raw)
+    mock = MockTransport(webui())
+    async with client(mock, denoising_strength=0.4) as c:
+        result = await c.generate_image(ImageRequest("a lighthouse", init_image=start, strength=0.65))
+        await c.generate_image(ImageRequest("a lighthouse", init_image=start, size=(64, 64)))
+    first, second = (r.json() for r in mock.sent("/sdapi/v1/img2img"))
+    assert first["init_images"] == [base64.b64encode(raw).decode()]
+    assert (first["width"], first["height"], first["denoising_strength"]) == (48, 32, 0.65)
+    assert (second["width"], second["height"], second["denoising_strength"]) == (64, 64, 0.4)
+    assert result.parameters["mode"] == "img2img" and (result.images[0].width, result.images[0].height) == (
+        48,
+        32,
+    )

@@ -183,6 +183,20 @@ def add_parser(sub: Any, epilog: str) -> None:
     what.add_argument("--negative", metavar="TEXT", help="negative prompt (backends that take one)")
     what.add_argument("--model", dest="image_model", metavar="M", help="image model (default: configured)")
     what.add_argument(
+        "--init-image",
+        dest="init_image",
+        type=Path,
+        metavar="FILE",
+        help="start from this image (img2img; backends that can: sdwebui, diffusers); "
+        "read upright within ~1 MP, which is the output size unless --size is given",
+    )
+    what.add_argument(
+        "--strength",
+        type=float,
+        metavar="S",
+        help="with --init-image: how much to change it, from just above 0 (keep) to 1 (replace)",
+    )
+    what.add_argument(
         "--workflow",
         type=Path,
         metavar="FILE",
@@ -220,8 +234,19 @@ def command(args: Any, make_client: Any) -> int:
 
     from .terminal import terminal_safe
 
+    if args.strength is not None and args.init_image is None:
+        raise ConfigError(
+            "--strength goes with --init-image", hint="add --init-image FILE, or drop --strength"
+        )
+    start = None
+    if args.init_image is not None:
+        from .images import prepare_image
+
+        start = prepare_image(args.init_image)  # an unreadable file: InputError, exit 2, nothing sent
     request = ImageRequest(
         args.prompt,
+        init_image=start,
+        strength=args.strength,
         negative_prompt=args.negative,
         size=args.size,
         n=args.n,

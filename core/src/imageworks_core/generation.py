@@ -34,8 +34,15 @@ def image_backends(client: Client) -> list[str]:
     )
 
 
-def _can(client: Client, name: str) -> bool:
-    return IMAGE_GENERATION in client.info(name).capabilities.kinds
+def _can(client: Client, name: str, request: ImageRequest | None = None) -> bool:
+    caps = client.info(name).capabilities
+    if request is not None and request.init_image is not None and not caps.init_image:
+        return False
+    return IMAGE_GENERATION in caps.kinds
+
+
+def _img2img(client: Client) -> list[str]:
+    return [n for n in image_backends(client) if client.info(n).capabilities.init_image]
 
 
 def route(client: Client, request: ImageRequest) -> ImageRequest:
@@ -55,6 +62,26 @@ def route(client: Client, request: ImageRequest) -> ImageRequest:
         if have
         else "install one: the openai backend (in imageworks-core) speaks /v1/images/generations"
     )
+    if request.init_image is not None:
+        able = _img2img(client)
+        if request.backend is not None and _can(client, request.backend) and request.backend not in able:
+            raise ConfigError(
+                f"backend {request.backend!r} cannot start from an image (img2img)",
+                key="backend",
+                hint=f"use one that can: {', '.join(able)}"
+                if able
+                else "none installed can: e.g. pip install imageworks-backend-sdwebui (or -diffusers)",
+            )
+        if request.backend is None and not any(
+            _can(client, n, request) for n in client.backend_order() if n in client.registry.backends
+        ):
+            raise ConfigError(
+                "no configured backend can start from an image (img2img)",
+                key="backend",
+                hint=f"use one that can: {', '.join(able)} (e.g. --backend {able[0]})"
+                if able
+                else "none installed can: e.g. pip install imageworks-backend-sdwebui (or -diffusers)",
+            )
     if request.backend is not None:
         if not _can(client, request.backend):
             raise ConfigError(
@@ -66,7 +93,7 @@ def route(client: Client, request: ImageRequest) -> ImageRequest:
         order = client.backend_order(request.backend)
     else:
         configured = client.backend_order()
-        order = [n for n in configured if n in client.registry.backends and _can(client, n)]
+        order = [n for n in configured if n in client.registry.backends and _can(client, n, request)]
         if not order:
             raise ConfigError(
                 f"no configured backend generates images (configured: {', '.join(configured)})",
@@ -75,10 +102,10 @@ def route(client: Client, request: ImageRequest) -> ImageRequest:
             )
     if request.fallback is not None:
         order = [order[0], *request.fallback]
-    kept = [n for n in dict.fromkeys(order) if n in client.registry.backends and _can(client, n)]
+    kept = [n for n in dict.fromkeys(order) if n in client.registry.backends and _can(client, n, request)]
     left = [n for n in order if n not in kept]
     if left:
-        log.debug("image generation: fallbacks %s do not generate images; left out", ", ".join(left))
+        log.debug("image generation: fallbacks %s cannot take this request; left out", ", ".join(left))
     return attrs.evolve(request, backend=kept[0], fallback=tuple(kept[1:]))
 
 

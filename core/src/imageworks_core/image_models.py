@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from .errors import ImageWorksError, InputError
-from .models import Attempt
+from .models import Attempt, PreparedImage
 
 __all__ = ["GeneratedImage", "ImageRequest", "ImageResult", "parse_size"]
 
@@ -73,6 +73,24 @@ def _seed(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise InputError(f"seed={value!r} is out of range", hint="a whole number from 0 to 2**64-1")
 
 
+def _strength(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise InputError(
+            f"strength={value!r} is out of range",
+            hint="from just above 0 (keep the image) to 1 (replace it entirely), e.g. 0.6",
+        )
+
+
+def _image(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, PreparedImage):
+        raise InputError(
+            f"init_image must be a PreparedImage, got {type(value).__name__}",
+            hint="imageworks_core.prepare_image(path, max_pixels=None), or PreparedImage.from_bytes(data)",
+        )
+
+
 def _map(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return dict(value) if value else {}
 
@@ -102,6 +120,11 @@ class ImageRequest:
         timeout: Per-request read timeout in seconds.
         id: The caller's identity for this request (kept on its result).
         fallback: This request's fallback backends instead of the configured ones.
+        init_image: An image to start from (img2img): only backends whose capabilities
+            declare ``init_image`` take the request.  ``size``, when given, is the
+            output size; else the image's own.
+        strength: With ``init_image``: how much to change it, from just above 0 (keep
+            it) to 1 (replace it entirely); ``None``: the backend's default.
     """
 
     prompt: str = attrs.field(validator=_prompt)
@@ -117,6 +140,8 @@ class ImageRequest:
     timeout: float | None = None
     id: str | None = None
     fallback: tuple[str, ...] | None = attrs.field(default=None, converter=_names)
+    init_image: PreparedImage | None = attrs.field(default=None, validator=_image, repr=False)
+    strength: float | None = attrs.field(default=None, validator=_strength)
 
 
 @attrs.frozen(slots=True)

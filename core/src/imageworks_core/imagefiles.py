@@ -177,6 +177,7 @@ def parameter_pairs(
         ("Seed", seed),
         ("Size", f"{width}x{height}" if width and height else p.get("size")),
         ("Model", model or None),
+        ("Denoising strength", p.get("strength", p.get("denoising_strength"))),  # img2img
         ("Backend", backend),
         ("Revised prompt", revised_prompt),
         ("Version", version),

@@ -322,6 +322,9 @@ class Capabilities:
             (text in, images out, through the ``generate_image`` hook).  Not
             given: ``("vision", "text")``, or ``("text",)`` with
             ``vision=False``.  Given, it decides ``vision``.
+        init_image: An ``image_generation`` backend that can start from an image
+            (``ImageRequest.init_image``: img2img); requests that carry one go
+            only to such backends.
     """
 
     vision: bool = True
@@ -330,6 +333,7 @@ class Capabilities:
     model_switch: bool = True
     structured_output: bool = False
     kinds: tuple[str, ...] = attrs.field(default=None, converter=lambda v: None if v is None else _strings(v))
+    init_image: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.kinds is None:  # not declared: what ``vision`` says (text always)

@@ -35,6 +35,7 @@ from imageworks_core import (
     HealthReport,
     ImageRequest,
     ImageResult,
+    InputError,
     hookimpl,
 )
 
@@ -80,6 +81,7 @@ class _State:
         self.load_lock = anyio.Lock()
         self.run_lock = threading.Lock()  # one generation at a time, held by the worker thread
         self.pipe: Any = None
+        self.img2img: Any = None  # the same components as an image-to-image pipeline, made on first use
         self.device = "cpu"
         self.closed = False
         self.generations = 0
@@ -99,7 +101,7 @@ class DiffusersBackend(BackendBase):
     description = "A Hugging Face diffusers text-to-image pipeline run in-process (no server; CPU or CUDA)"
     default_base_url = "http://in-process.invalid"
     capabilities = Capabilities(
-        vision=False, streaming=False, model_switch=False, kinds=("image_generation",)
+        vision=False, streaming=False, model_switch=False, kinds=("image_generation",), init_image=True
     )
     settings_cls = DiffusersSettings
     launch_hints = (
@@ -163,6 +165,7 @@ class DiffusersBackend(BackendBase):
                     hint="e.g. --size 512x512",
                 )
         kwargs: dict[str, Any] = {**ctx.settings.extra_body, **request.extras}
+        start = _start_image(request) if request.init_image is not None else None
         stop = threading.Event()
         report = ctx.progress_wanted  # each step a progress event (from the worker thread)
 
@@ -190,11 +193,20 @@ class DiffusersBackend(BackendBase):
                     else None,
                     "num_inference_steps": steps,
                     "guidance_scale": guidance,
-                    "height": height,
-                    "width": width,
                     "generator": gens,
                     "callback_on_step_end": on_step,
                 }
+                if start is None:
+                    call.update(height=height, width=width)
+                else:  # the same weights as an image-to-image pipeline; the size is the image's
+                    if st.img2img is None:
+                        from diffusers import AutoPipelineForImage2Image
+
+                        st.img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+                    pipe = st.img2img
+                    call["image"] = start
+                    if request.strength is not None:
+                        call["strength"] = request.strength
                 out = pipe(**{**call, **kwargs})  # extras may override (and the pipeline judges them)
                 t1 = time.perf_counter()
                 st.generations += 1
@@ -234,6 +246,7 @@ class DiffusersBackend(BackendBase):
                 "sampler": sampler,
                 "size": f"{w}x{h}",
                 "negative_prompt": request.negative_prompt,
+                **({"mode": "img2img", "strength": request.strength} if start is not None else {}),
                 **kwargs,
             },
             timings=timings,
@@ -299,7 +312,7 @@ class DiffusersBackend(BackendBase):
 
         def drop() -> None:
             with st.run_lock:  # a running generation finishes (or stops) first
-                st.pipe = None
+                st.pipe = st.img2img = None
             gc.collect()
             if st.device.startswith("cuda"):
                 import torch
@@ -308,3 +321,20 @@ class DiffusersBackend(BackendBase):
 
         await anyio.to_thread.run_sync(drop)
         ctx.log.info("%s: pipeline unloaded", ctx.name)
+
+
+def _start_image(request: ImageRequest) -> Any:
+    """``request.init_image`` as an RGB PIL image at the output size (sides rounded down to 8)."""
+    from PIL import Image
+
+    assert request.init_image is not None
+    try:
+        with Image.open(io.BytesIO(request.init_image.data)) as im:
+            image = im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"init_image cannot be decoded: {exc}") from None
+    width, height = request.size or image.size
+    width, height = max(8, width - width % 8), max(8, height - height % 8)
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image

@@ -58,7 +58,7 @@ class SdWebuiBackend(BackendBase):
     name = "sdwebui"
     description = "Stable Diffusion WebUI API (AUTOMATIC1111, Forge, SD.Next): /sdapi/v1 txt2img and img2img"
     default_base_url = "http://127.0.0.1:7860"
-    capabilities = Capabilities(vision=False, streaming=False, kinds=("image_generation",))
+    capabilities = Capabilities(vision=False, streaming=False, kinds=("image_generation",), init_image=True)
     settings_cls = SdWebuiSettings
     launch_hints = (
         "./webui.sh --api --listen",

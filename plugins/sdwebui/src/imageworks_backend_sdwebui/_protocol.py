@@ -66,8 +66,9 @@ def build_body(
 ) -> tuple[str, dict[str, Any]]:
     """The route and JSON body: settings, then the request, then ``extra_body`` and ``extras``.
 
-    ``extras["init_images"]`` (image bytes or base64 strings) switches to img2img;
-    a ``None`` value in ``extras`` drops that field.
+    ``request.init_image`` (or ``extras["init_images"]``: image bytes or base64
+    strings) switches to img2img, with ``request.strength`` as the
+    ``denoising_strength``; a ``None`` value in ``extras`` drops that field.
     """
     body: dict[str, Any] = {
         "prompt": request.prompt,
@@ -80,6 +81,9 @@ def build_body(
     if request.negative_prompt:
         body["negative_prompt"] = request.negative_prompt
     width, height = request.size or (settings.width, settings.height)
+    start = request.init_image
+    if request.size is None and start is not None and start.width and start.height:
+        width, height = start.width, start.height  # img2img keeps the image's size unless told
     if width is not None:
         body["width"] = width
     if height is not None:
@@ -100,6 +104,13 @@ def build_body(
         body["override_settings_restore_afterwards"] = settings.restore_model
     extras = {**settings.extra_body, **request.extras}
     init = extras.pop("init_images", None)
+    if request.init_image is not None:
+        init = [
+            request.init_image.data,
+            *([] if init is None else init if isinstance(init, list | tuple) else [init]),
+        ]
+        if request.strength is not None:
+            body["denoising_strength"] = request.strength
     for key, value in extras.items():
         if value is None:
             body.pop(key, None)
