@@ -19,7 +19,9 @@ interpreter cannot import it, it runs under ``.venv-bench/bin/python``
 ``--ours-at REV`` adds a peer ``ours@REV``: the same ``bench/ours.py`` run on the
 core of an earlier commit (``git archive REV core`` into a temporary folder, put
 first on ``PYTHONPATH``), so a before/after ratio is measured in one run on one
-machine instead of against a figure from another day.
+machine instead of against a figure from another day.  The peer ``ours_auto`` is
+``ours`` with the adaptive limit (``BENCH_CONCURRENCY=auto``, the default users
+get, with the hard maximum at *c*): beside ``ours`` it shows the limiter's cost.
 """
 
 from __future__ import annotations
@@ -104,9 +106,12 @@ def measure_once(
     With *core_src*, ``imageworks_core`` is imported from there (an earlier commit's core).
     """
     name = peer.split("@", 1)[0]
+    env = dict(os.environ)
+    if name == "ours_auto":
+        name = "ours"
+        env["BENCH_CONCURRENCY"] = "auto"
     argv = [python, str(PEERS_PY), "--base-url", base_url, "-n", str(n), "-c", str(c), "--peer", name]
     argv += ["--warmup", str(warmup), "--deadline-s", str(max(10.0, timeout_s - 30))]
-    env = dict(os.environ)
     if core_src is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(core_src), env.get("PYTHONPATH")) if p)
     before = server_stats(base_url)
@@ -175,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = (BENCH_DIR / "ours.py").is_file()
     peers = args.peers.split(",") if args.peers else [*(["ours"] if ours else []), *ALL_PEERS]
-    if "ours" in peers and not ours:
-        _log("skipping ours: bench/ours.py does not exist")
-        peers.remove("ours")
+    for mine in ("ours", "ours_auto"):
+        if mine in peers and not ours:
+            _log(f"skipping {mine}: bench/ours.py does not exist")
+            peers.remove(mine)
     concurrencies = [int(x) for x in args.concurrency.split(",") if x]
     pythons = choose_pythons(peers, args.bench_python)
     peers = [p for p in peers if p in pythons]
