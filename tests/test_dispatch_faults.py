@@ -475,12 +475,14 @@ async def test_connection_reset(faulty: Any) -> None:
     async with make_client(faulty.v1) as client:
         results = await collect(client, [req(i) for i in range(10)], preflight=True)
     got = by_id(results)
-    assert got["1"].ok and [a.error_type for a in got["1"].attempts] == ["BackendUnavailable", None]
+    # one reset is a dropped connection: the transport sends it once more on a new one,
+    # inside the same try (test_transport's kept-alive test)
+    assert got["1"].ok and [a.error_type for a in got["1"].attempts] == [None]
     # a request that kills its connection every time: an outage at first, then (as the server
     # answers the others) the item's own fault, bounded by its attempts; never an endless wait
     assert isinstance(got["2"].error, BackendUnavailable)
     log = faulty.log(CHAT)
-    assert sent(log)["1"] == 2 and 2 <= sent(log)["2"] <= 1 + 3 + 4
+    assert sent(log)["1"] == 2 and 2 <= sent(log)["2"] <= 2 * (1 + 3 + 4)
     assert_rest_complete(got, log, {"1", "2"})
 
 
@@ -561,7 +563,8 @@ async def test_primary_outage_mid_batch_goes_to_the_fallback_and_back(faulty: An
     backends = {"other": {"base_url": faulty.v1, "model": primary_model}}
     async with make_client(faulty.v1, backend="other", fallback=["openai"], backends=backends) as client:
         await client.dispatcher.preflight()
-        faulty.script([{"match": {"path": CHAT, "model": primary_model}, "fault": "reset", "times": 1}])
+        # two resets: the try and the transport's one resend on a new connection
+        faulty.script([{"match": {"path": CHAT, "model": primary_model}, "fault": "reset", "times": 2}])
         with anyio.fail_after(30):
             first = await collect(client, [req(i) for i in range(8)], concurrency=1)
         assert first[0].attempts[0].error_type == "BackendUnavailable"
@@ -570,7 +573,7 @@ async def test_primary_outage_mid_batch_goes_to_the_fallback_and_back(faulty: An
     assert all(r.ok for r in first + later)
     assert first[0].backend == "openai"  # the item that met the outage went to the fallback
     assert all(r.backend == "other" for r in later), [r.backend for r in later]
-    assert set(sent(faulty.log(CHAT)).values()) <= {1, 2}
+    assert set(sent(faulty.log(CHAT)).values()) <= {1, 2, 3}
 
 
 def _installed_plugin(name: str) -> Any:

@@ -31,6 +31,8 @@ DISTRIBUTIONS = [
     "plugins/triton",
     "plugins/transformers",
     "plugins/diffusers",
+    "plugins/sdwebui",
+    "plugins/comfyui",
     "examples/imageworks-backend-echo",
 ]
 

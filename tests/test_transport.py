@@ -567,3 +567,138 @@ def test_httpx_transport_falls_back_to_httpx(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "httpx2", None)  # import httpx2 -> ImportError
     t = HttpxTransport(max_connections=2)
     assert type(t._client).__module__.split(".")[0] == "httpx"
+
+
+class _ClosesAfterEachAnswer:
+    """A socket server that answers each connection once and then closes it, without
+    saying ``Connection: close`` (as a server whose keep-alive just timed out does);
+    with *answer* false it closes every connection without a word."""
+
+    def __init__(self, *, answer: bool) -> None:
+        import socket
+        import threading
+
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.srv.settimeout(0.2)
+        self.answer = answer
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                try:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head, _, rest = data.partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(h.split(b":")[1])
+                            for h in head.split(b"\r\n")
+                            if h.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    while len(rest) < length and (chunk := conn.recv(65536)):
+                        rest += chunk  # read whole: closing on unread bytes would be a reset
+                    if self.answer:
+                        body = b'{"ok":true}'
+                        conn.sendall(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                        )
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.srv.close()
+
+
+@TRANSPORTS
+async def test_a_kept_alive_connection_the_server_closed_is_tried_once_more(transport: Transport) -> None:
+    """Back-to-back POSTs to a server that drops each connection after its answer all
+    succeed (the stale pooled connection costs one more try on a new one), and a server
+    that drops every connection unanswered is an outage after that one more try."""
+    server = _ClosesAfterEachAnswer(answer=True)
+    try:
+        for i in range(6):
+            resp = await transport.request(
+                "POST",
+                server.url + "/v1/chat/completions",
+                headers=JSON,
+                body=chat_body(f"r{i}"),
+                timeouts=Timeouts(),
+            )
+            assert resp.status == 200 and json.loads(resp.body) == {"ok": True}
+            async with transport.stream(
+                "POST",
+                server.url + "/v1/chat/completions",
+                headers=JSON,
+                body=chat_body(f"s{i}"),
+                timeouts=Timeouts(),
+            ) as stream:
+                assert stream.status == 200
+                assert json.loads(await stream.read()) == {"ok": True}
+    finally:
+        server.close()
+    silent = _ClosesAfterEachAnswer(answer=False)
+    try:
+        with pytest.raises((BackendUnavailable, BackendProtocolError)):
+            await transport.request(
+                "POST",
+                silent.url + "/v1/chat/completions",
+                headers=JSON,
+                body=chat_body("x"),
+                timeouts=Timeouts(),
+            )
+        assert silent.connections <= 2
+    finally:
+        silent.close()
+
+
+@TRANSPORTS
+async def test_a_connect_nothing_answers_is_an_outage_not_a_timed_out_try(transport: Transport) -> None:
+    """A listener whose accept queue is full drops new SYNs: the connect hangs until its
+    limit, and that is the server being unreachable (the items keep their attempts)."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/v1/models"
+    fillers = []
+    try:
+        for _ in range(8):  # fill the accept queue; later connects go unanswered
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(srv.getsockname())
+            fillers.append(s)
+        await anyio.sleep(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="no answer to the connect") as info:
+            await transport.request(
+                "GET", url, headers={}, body=None, timeouts=Timeouts(connect=0.5, read=30)
+            )
+        assert time.monotonic() - t0 < 5
+        assert info.value.retryable
+    finally:
+        for s in fillers:
+            s.close()
+        srv.close()

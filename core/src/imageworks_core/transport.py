@@ -96,6 +96,8 @@ def ssl_context(trust_env: bool) -> ssl.SSLContext:
 
 def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
+    if "timeout" in type(exc).__name__.lower():
+        reason = f"no answer to the connect ({reason})"
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
 
@@ -241,15 +243,21 @@ class HttpxTransport:
     ) -> HttpResponse:
         httpx = self._httpx
         try:
-            resp = await self._client.request(
-                method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
-            )
+            try:
+                resp = await self._client.request(
+                    method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # a kept-alive connection the server closed as it was reused (see _dropped_before_answer)
+                resp = await self._client.request(
+                    method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
+                )
+        except httpx.ConnectTimeout as exc:
+            raise _unavailable(url, exc) from exc
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
             ) from exc
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-            raise _unavailable(url, exc) from exc
         except httpx.HTTPError as exc:
             raise _unavailable(url, exc) from exc
         return HttpResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
@@ -263,7 +271,13 @@ class HttpxTransport:
             method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
         )
         try:
-            resp = await self._client.send(req, stream=True)
+            try:
+                resp = await self._client.send(req, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # a kept-alive connection the server closed as it was reused (see _dropped_before_answer)
+                resp = await self._client.send(req, stream=True)
+        except httpx.ConnectTimeout as exc:
+            raise _unavailable(url, exc) from exc
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
@@ -392,17 +406,27 @@ class AiohttpTransport:
     ) -> HttpResponse:
         aiohttp = self._aiohttp
         try:
-            async with self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                timeout=self._timeout(timeouts),
-                allow_redirects=False,
-                **self._route(url),
-            ) as resp:
-                data = await resp.read()
-                return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
+            for retry in (True, False):
+                try:
+                    async with self._session.request(
+                        method,
+                        url,
+                        headers=headers,
+                        data=body,
+                        timeout=self._timeout(timeouts),
+                        allow_redirects=False,
+                        **self._route(url),
+                    ) as resp:
+                        data = await resp.read()
+                        return HttpResponse(
+                            resp.status, {k.lower(): v for k, v in resp.headers.items()}, data
+                        )
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                    if not (retry and _dropped_before_answer(aiohttp, exc)):
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect: an outage
+            raise _unavailable(url, exc) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except aiohttp.ClientPayloadError as exc:
@@ -418,16 +442,24 @@ class AiohttpTransport:
     ) -> AsyncIterator[StreamResponse]:
         aiohttp = self._aiohttp
         try:
-            cm = self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                timeout=self._timeout(timeouts),
-                allow_redirects=False,
-                **self._route(url),
-            )
-            resp = await cm.__aenter__()
+            for retry in (True, False):
+                cm = self._session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    timeout=self._timeout(timeouts),
+                    allow_redirects=False,
+                    **self._route(url),
+                )
+                try:
+                    resp = await cm.__aenter__()
+                    break
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                    if not (retry and _dropped_before_answer(aiohttp, exc)):
+                        raise
+        except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect: an outage
+            raise _unavailable(url, exc) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -447,6 +479,20 @@ class AiohttpTransport:
 
 
 _DIRECT: dict[str, Any] = {}
+
+
+def _dropped_before_answer(aiohttp: Any, exc: BaseException) -> bool:
+    """Whether *exc* is a kept-alive connection the server had already closed.
+
+    A server may close an idle connection (a keep-alive timeout, or no
+    keep-alive at all without saying so) just as the pool hands it out again:
+    writing the request then fails, or the answer is an immediate EOF.  aiohttp
+    retries that only for idempotent methods; httpx checks a pooled connection
+    before using it.  Inference requests change nothing on the server, so one
+    more try on a new connection is what the user wants.  A failed *connect*
+    is an outage, never retried here.
+    """
+    return not isinstance(exc, aiohttp.ClientConnectorError)
 
 
 def _env_proxy(origin: str) -> dict[str, Any]:
