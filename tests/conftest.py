@@ -62,7 +62,7 @@ def require(condition: bool, why: str) -> None:
     if not condition:
         if IN_CI:
             pytest.fail(f"prerequisite missing in CI: {why}")
-        pytest.skip(why)
+        pytest.skip(why, allow_module_level=True)
 
 
 # ------------------------------------------------------------------ faulty OpenAI-compatible server

@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cli_helpers import read_jsonl, run_cli, show
+from conftest import require
 from PIL import Image
 
 GOLDEN = Path(__file__).parent / "golden" / "generate-results.jsonl"
@@ -53,8 +53,8 @@ def test_generate_writes_pngs_with_metadata(tmp_path: Path, faulty: Any) -> None
     _golden(records)
 
 
-@pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
 def test_exiftool_reads_the_prompt_back(tmp_path: Path, faulty: Any) -> None:
+    require(shutil.which("exiftool") is not None, "exiftool is not installed (scripts/install.sh --dev)")
     proc = gen(tmp_path, faulty, PROMPT, "--size", "16x16")
     assert proc.returncode == 0, show(proc)
     path = tmp_path / proc.stdout.split()[0]

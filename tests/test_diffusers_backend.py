@@ -7,19 +7,26 @@ loading and generation code runs on CPU and nothing is downloaded.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require
 
-pytest.importorskip("diffusers")
-pytest.importorskip("imageworks_backend_diffusers")
+require(
+    importlib.util.find_spec("diffusers") is not None, "diffusers is not installed (scripts/install.sh --dev)"
+)
+require(
+    importlib.util.find_spec("imageworks_backend_diffusers") is not None,
+    "the diffusers backend is not installed (scripts/install.sh --dev)",
+)
 
-from cli_helpers import read_jsonl, run_cli, show
-from PIL import Image
+from cli_helpers import read_jsonl, run_cli, show  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from imageworks_core import BackendRejected, Client, ConfigError, ImageRequest
+from imageworks_core import BackendRejected, Client, ConfigError, ImageRequest  # noqa: E402
 
 STEPS = 2
 SETTINGS = {"device": "cpu", "local_files_only": True}

@@ -3,10 +3,12 @@ refuses; the server reads the same JSON either way."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from typing import Any
 
 import pytest
+from conftest import require
 
 from imageworks_core import jsonbody
 from imageworks_core.jsonbody import encode_body
@@ -38,7 +40,9 @@ def test_what_orjson_refuses_is_encoded_by_the_standard_library(body: Any) -> No
 
 
 def test_orjson_is_used_when_installed() -> None:
-    pytest.importorskip("orjson")
+    require(
+        importlib.util.find_spec("orjson") is not None, "orjson is not installed (scripts/install.sh --dev)"
+    )
     text = {"t": "é"}
     # orjson writes UTF-8, the standard library writes \u00e9: tells which one ran.
     assert encode_body(text) == '{"t":"é"}'.encode()

@@ -10,6 +10,7 @@ turned into a readable message.
 from __future__ import annotations
 
 import email.utils
+import importlib.util
 import json
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import sniffio
+from conftest import require
 from servers._proc import free_port
 
 from imageworks_core.errors import (
@@ -558,7 +560,9 @@ async def test_an_sse_line_over_512_kib_is_read_whole(faulty: Any, transport: Tr
 
 def test_httpx_transport_runs_on_httpx2_when_installed() -> None:
     """Under trio httpx2's pool is ~6x cheaper per request than httpx's (issue 18)."""
-    pytest.importorskip("httpx2")
+    require(
+        importlib.util.find_spec("httpx2") is not None, "httpx2 is not installed (scripts/install.sh --dev)"
+    )
     t = HttpxTransport(max_connections=2)
     assert type(t._client).__module__.split(".")[0] == "httpx2"
 

@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from imageworks_core.outputs import (  # noqa: E402
+from imageworks_core.outputs import (
     JsonlWriter,
     NarrationRecord,
     write_json_sidecar,
