@@ -366,9 +366,9 @@ def _exit_code(exc: BaseException) -> int:
         # per-image input errors never get here: an InputError here is about the arguments
         _err(exc.message, exc.hint)
         return EXIT_USAGE
-    if isinstance(exc, BrokenPipeError):  # `imageworks ... | head`
+    if isinstance(exc, BrokenPipeError):  # `imageworks ... | head`: the reader had what it wanted
         _quiet_stdout()
-        return EXIT_FAILED
+        return EXIT_OK
     if isinstance(exc, ImageWorksError):
         _err(exc.message, exc.hint)
         return EXIT_FAILED
