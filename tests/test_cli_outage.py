@@ -121,6 +121,7 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     assert f"openai at {server.base}/v1 has been unavailable for 0:0" in out, out
     assert "--resume" in out
     assert out.count("has been unavailable") == 1, out
+    assert f"outages: openai at {server.base}/v1: 1, 0:0" in out, out  # the summary counts it
     records = read_jsonl(tmp_path / "results.jsonl")
     done = {r["image"] for r in records if r["error"] is None}
     failed = {r["image"] for r in records if r["error"] is not None}

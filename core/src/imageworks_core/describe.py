@@ -213,7 +213,7 @@ async def run_describe(
     with writer:
         if opts.preflight:
             try:
-                await client.dispatcher.preflight(warmup=client.settings.warmup)
+                await client.dispatcher.preflight(warmup=client.settings.warmup, on_event=on_event)
             except BaseException:  # nothing was sent: leave no empty results file behind
                 writer.close()
                 if created:
@@ -240,6 +240,7 @@ async def run_describe(
             close_default_pools()
     summary.finished = time.monotonic()
     summary.limits = client.dispatcher.limits()
+    summary.outages = client.dispatcher.outages()
     return summary
 
 
