@@ -89,13 +89,13 @@ def test_hostile_text_cannot_drive_the_terminal(faulty: Any, tmp_path: Path) -> 
     assert "pwned" in proc.stdout and "done" in proc.stdout
 
 
-def _run_in_terminal(cwd: Path, *args: str) -> tuple[int, str]:
+def _run_in_terminal(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """Run the CLI with stdout on a pseudo-terminal (as a user at a shell); its exit code and output."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         cli_argv(*args),
         cwd=cwd,
-        env=cli_env(cwd),
+        env=cli_env(cwd, **(env or {})),
         stdout=follower,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -164,3 +164,14 @@ def test_ask_exit_codes(faulty: Any, tmp_path: Path) -> None:
     assert proc.returncode == 3 and "127.0.0.1:9" in proc.stderr, show(proc)
     proc = run_cli(tmp_path, "ask", "x", "--image", str(tmp_path / "missing.jpg"), *backend_args(faulty))
     assert proc.returncode == 2 and "missing.jpg: no such file" in proc.stderr, show(proc)  # bad usage
+
+
+def test_a_streamed_answer_never_shows_an_echoed_key_split_across_chunks(faulty: Any, tmp_path: Path) -> None:
+    key = "sk-live-ASKECHO-77c0ffee4b1d"
+    echo = {"fault": "echo_auth", "where": "content", "piece_chars": 3}
+    faulty.script([{"match": {"path": CHAT, "stream": True}, **echo}])
+    code, out = _run_in_terminal(
+        tmp_path, "ask", "x", *backend_args(faulty), "--vlm-api-key-env", "ASK_KEY", env={"ASK_KEY": key}
+    )
+    assert code == 0 and "Bearer ***" in out, out
+    assert key not in out and [e["stream"] for e in chat_log(faulty)] == [True], out

@@ -277,3 +277,18 @@ def test_stream_never_prints_a_secret_split_across_chunks(
     assert faulty.log("/v1/chat/completions")[0]["stream"] is True
     assert "Invalid API key" in proc.stdout and source.echoed in proc.stdout, show(proc)
     _assert_nowhere(source, tmp_path, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[s.id for s in SOURCES])
+@pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
+def test_ask_never_prints_an_echoed_secret(
+    tmp_path: Path, faulty: Any, source: Source, json_out: bool
+) -> None:
+    """``imageworks ask``: a model answer that repeats the key prints it hidden (text and ``--json``)."""
+    faulty.script([{"match": {"path": "/v1/chat/completions"}, "fault": "echo_auth", "where": "content"}])
+    args = _args(source, faulty, tmp_path)
+    proc = run_cli(tmp_path, "ask", "what key?", *args, *(["--json"] if json_out else []), **source.env)
+    assert proc.returncode == 0, show(proc)
+    assert "Invalid API key" in proc.stdout and source.echoed in proc.stdout, show(proc)
+    _server_checks_key(source, faulty)
+    _assert_nowhere(source, tmp_path, proc.stdout, proc.stderr)

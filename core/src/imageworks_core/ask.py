@@ -73,7 +73,7 @@ def _record(result: Result) -> dict[str, Any]:
 def command(args: argparse.Namespace, make_client: Any) -> int:
     """Run ``imageworks ask``; the exit code (errors propagate to the CLI's mapping)."""
     from .outputs._common import dumps_json
-    from .redact import scrub_data
+    from .redact import StreamScrubber, scrub, scrub_data
     from .terminal import terminal_safe
 
     request = Request(prompt=args.prompt, images=tuple(args.images), system=args.system)
@@ -90,12 +90,13 @@ def command(args: argparse.Namespace, make_client: Any) -> int:
                 return await client.infer(request)
             from contextlib import aclosing
 
+            shown = StreamScrubber()  # a key the model repeats may be split across chunks
             async with aclosing(client.stream(request)) as chunks:
                 async for chunk in chunks:  # retried only before the first text
                     if chunk.text:
-                        out.write(terminal_safe(chunk.text))
+                        out.write(terminal_safe(shown.feed(chunk.text)))
                         out.flush()
-            out.write("\n")
+            out.write(terminal_safe(shown.flush()) + "\n")
             return None
 
     result = anyio.run(job)
@@ -104,5 +105,5 @@ def command(args: argparse.Namespace, make_client: Any) -> int:
     if args.json:
         print(dumps_json(scrub_data(_record(result))))  # valid UTF-8, secrets scrubbed
     else:
-        print(terminal_safe(result.text))
+        print(terminal_safe(scrub(result.text)))  # a key the server echoed stays hidden
     return 0
