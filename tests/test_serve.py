@@ -207,6 +207,16 @@ def test_describe_upload_answers_with_results_jsonl_lines(gw: Gateway, faulty: A
     assert len(faulty.log(CHAT)) == 2
 
 
+def test_describe_answers_valid_utf8_whatever_the_model_wrote(gw: Gateway, faulty: Any) -> None:
+    """A lone surrogate in the answer (legal in a JSON escape, not in UTF-8) is U+FFFD, never a 500."""
+    faulty.script([{"match": {"path": CHAT}, "fault": "ok", "content": "half a pair \ud83d here"}])
+    files = [("image", ("a.jpg", jpeg(), "image/jpeg"))]
+    resp = httpx.post(gw.v1 + "/describe", files=files, headers=gw.auth, timeout=30)
+    assert resp.status_code == 200, resp.text
+    [record] = [json.loads(line) for line in resp.content.decode("utf-8").splitlines()]
+    assert record["description"].endswith("half a pair \ufffd here") and record["error"] is None
+
+
 def test_describe_json_base64_and_path_with_sidecars(gw: Gateway, faulty: Any, tmp_path: Path) -> None:
     body = {"image": data_url(jpeg()), "prompt": "What colour?", "model": "openai/fake-vlm", "max_tokens": 30}
     resp = httpx.post(gw.v1 + "/describe", json=body, headers=gw.auth, timeout=30)

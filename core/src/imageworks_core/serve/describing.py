@@ -30,6 +30,7 @@ from ..errors import BackendProtocolError, ImageWorksError, InputError
 from ..images import aprepare_image, wrap_encoded
 from ..models import PreparedImage, Request, Result
 from ..outputs import NarrationRecord, write_json_sidecar, write_xmp_sidecar
+from ..outputs._common import dumps_json
 from ..templates import get_template
 from .gateway import Gateway
 from .wire import (
@@ -88,7 +89,8 @@ class DescribeRoute:
             return 499
         records, errors = lines
         status = 200 if len(errors) < len(records) else status_of(errors[0])[0]
-        payload = b"".join(json.dumps(r, ensure_ascii=False).encode() + b"\n" for r in records)
+        # valid UTF-8 whatever the model wrote (a lone surrogate becomes U+FFFD), as in the JSONL file
+        payload = b"".join(dumps_json(r).encode() + b"\n" for r in records)
         await send_bytes(send, status, payload, b"application/x-ndjson")
         return status
 
