@@ -292,3 +292,38 @@ def test_ask_never_prints_an_echoed_secret(
     assert "Invalid API key" in proc.stdout and source.echoed in proc.stdout, show(proc)
     _server_checks_key(source, faulty)
     _assert_nowhere(source, tmp_path, proc.stdout, proc.stderr)
+
+
+def test_what_is_not_a_secret_is_never_hidden(tmp_path: Path, faulty: Any) -> None:
+    """A base URL's ``?api-version=2024-06-01`` and a placeholder key ``EMPTY`` (vLLM's) are not
+    secrets: an answer mentioning 2024 keeps it, the image paths are written exactly (a folder
+    named 2024), and ``--resume`` finds every image done."""
+    folder = tmp_path / "2024"
+    _jpegs(folder, 2)
+    answer = "Taken in 2024, an EMPTY frame."
+    faulty.script([{"match": {"path": "/v1/chat/completions"}, "fault": "ok", "content": answer}])
+    args = [
+        "--vlm-backend",
+        "openai",
+        "--vlm-base-url",
+        faulty.v1 + "?api-version=2024-06-01",
+        "--vlm-model",
+        "fake-vlm",
+        "--vlm-api-key-env",
+        "PLACEHOLDER_KEY",
+    ]
+    env = {"PLACEHOLDER_KEY": "EMPTY"}
+    proc = run_cli(tmp_path, "describe", "2024", "--output", "r.jsonl", "--xmp", "none", *args, **env)
+    assert proc.returncode == 0, show(proc)
+    assert all("api-version=2024-06-01" in e["query"] for e in faulty.log("/v1/chat/completions"))
+    records = read_jsonl(tmp_path / "r.jsonl")
+    assert len(records) == 2 and all("2024" in r["image"] for r in records), records
+    for r in records:
+        assert r["description"].endswith(answer) and "***" not in json.dumps(r), r
+        assert "2024" in r["resolved_path"], r
+    faulty.reset()
+    again = run_cli(
+        tmp_path, "describe", "2024", "--output", "r.jsonl", "--xmp", "none", "--resume", *args, **env
+    )
+    assert again.returncode == 0, show(again)
+    assert faulty.log("/v1/chat/completions") == [], "--resume sent done images again"

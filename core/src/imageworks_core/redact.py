@@ -39,13 +39,14 @@ __all__ = [
 ]
 
 MASK = "***"
-MIN_SECRET_LENGTH = 4
+MIN_SECRET_LENGTH = 8  # shorter values are placeholders (vLLM's 'EMPTY', 'none'), not keys
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
 _SENSITIVE_HEADER = re.compile(r"auth|key|token|secret|passw|cookie|session|credential", re.IGNORECASE)
+_SENSITIVE_QUERY = re.compile(r"auth|key|token|secret|passw|session|credential|sig|code|jwt", re.IGNORECASE)
 _AUTH_SCHEME = re.compile(r"^\s*(bearer|basic|token|apikey|api-key|digest)\s+(\S.*)$", re.IGNORECASE)
 
 
@@ -113,7 +114,12 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def url_secrets(url: str) -> Iterable[str]:
-    """The password and the query values of *url* (what ``redact_url`` hides; each URL of a pool list)."""
+    """The password and the credential-like query values of *url* (each URL of a pool list).
+
+    ``?key=``, ``?api_key=``, ``?token=``, ``?sig=`` ... are secrets; ``?api-version=2024-06-01``
+    is not: scrubbing it would turn every "2024" in an answer into ``***``.  ``redact_url`` still
+    shows every query value as ``***``.
+    """
     if "," in url and url.count("://") > 1:
         return [found for part in url.split(",") for found in url_secrets(part.strip())]
     try:
@@ -121,7 +127,7 @@ def url_secrets(url: str) -> Iterable[str]:
     except ValueError:
         return ()
     found = [unquote(parts.password)] if parts.password else []
-    found += [value for _, value in parse_qsl(parts.query, keep_blank_values=False)]
+    found += [value for name, value in parse_qsl(parts.query) if _SENSITIVE_QUERY.search(name)]
     return found
 
 

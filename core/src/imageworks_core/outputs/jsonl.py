@@ -147,7 +147,10 @@ class JsonlWriter:
             if isinstance(value, str) and has_surrogates(value):
                 data[f"{field}_bytes_b64"] = base64.b64encode(os.fsencode(value)).decode("ascii")
         data.setdefault("timestamp", iso_utc())
-        line = (dumps_json(scrub_data(data)) + "\n").encode("utf-8")
+        # secrets come from servers' answers and errors; the user's own file names are kept
+        # exactly (a name a key happened to match would no longer find its image on --resume)
+        kept = {k: v for k, v in data.items() if k in _PATH_FIELDS or k.endswith("_bytes_b64")}
+        line = (dumps_json({**scrub_data(data), **kept}) + "\n").encode("utf-8")
         with self._lock:
             fh = self._open_locked()
             fh.write(line)
