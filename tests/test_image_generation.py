@@ -291,6 +291,25 @@ async def test_openai_url_same_origin_sends_the_key(faulty: Any) -> None:
 
 
 @pytest.mark.anyio
+async def test_an_expired_image_url_is_asked_for_again(faulty: Any) -> None:
+    """The image's signed URL answers 403 once (expired): a new try generates and fetches again."""
+    faulty.script(
+        [
+            {"match": {"path_prefix": "/files/"}, "fault": "status", "status": 403, "times": 1},
+            {"match": {"path_prefix": "/files/"}, "fault": "ok"},
+        ]
+    )
+    c = openai_client(faulty.v1)
+    async with c:
+        result = await c.generate_image(
+            ImageRequest("again", extras={"response_format": "url"}, size="16x16")
+        )
+    assert len(result.images) == 1 and result.images[0].width == 16
+    assert len(faulty.log("/v1/images/generations")) == 2
+    assert [e["status"] for e in faulty.log() if e["path"].startswith("/files/")] == [403, 200]
+
+
+@pytest.mark.anyio
 async def test_openai_url_elsewhere_gets_no_credentials(faulty: Any) -> None:
     port = faulty.base_url.rsplit(":", 1)[1]
     faulty.script(

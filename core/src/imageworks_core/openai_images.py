@@ -166,7 +166,12 @@ async def fetch_image(ctx: BackendContext, url: str, *, timeout: float | None, w
 
         exc = error_from_response(resp.status, resp.headers, resp.body, backend=ctx.name, url=url)
         if isinstance(exc, BackendRejected):  # an expired signed URL: asking again gives a new one
-            exc.retryable = True
+            raise BackendProtocolError(
+                f"{ctx.name}: {what} at {shown} was refused: {exc.message}",
+                retryable=True,
+                backend=ctx.name,
+                status=resp.status,
+            ) from exc
         raise exc
     if 300 <= resp.status < 400:
         raise BackendProtocolError(
