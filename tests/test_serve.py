@@ -241,7 +241,8 @@ def test_describe_json_base64_and_path_with_sidecars(gw: Gateway, faulty: Any, t
 
 def test_per_request_fallback_takes_over_an_outage(gw: Gateway, faulty: Any) -> None:
     """The primary resets the connection (an outage): this request's own fallback answers at once."""
-    faulty.script([{"match": {"path": CHAT, "model": "fake-vlm"}, "fault": "reset", "times": 1}])
+    # two resets: the try and the transport's one resend on a new connection
+    faulty.script([{"match": {"path": CHAT, "model": "fake-vlm"}, "fault": "reset", "times": 2}])
     answer = sdk(gw).chat.completions.create(
         model="fake-vlm",
         messages=vision_messages("x", jpeg()),
@@ -249,7 +250,7 @@ def test_per_request_fallback_takes_over_an_outage(gw: Gateway, faulty: Any) -> 
         extra_body={"imageworks": {"fallback": ["lmdeploy"]}},
     )
     assert answer.model == "lmdeploy/fallback-vlm"
-    assert [e["model"] for e in faulty.log(CHAT)] == ["fake-vlm", "fallback-vlm"]
+    assert [e["model"] for e in faulty.log(CHAT)] == ["fake-vlm", "fake-vlm", "fallback-vlm"]
     text = httpx.get(gw.url + "/metrics", headers=gw.auth).text
     assert metric(text, "imageworks_fallbacks_total", backend="lmdeploy") >= 1
     assert metric(text, "imageworks_backend_outages_total", backend="openai") >= 1
@@ -334,7 +335,7 @@ def test_byok_key_reaches_only_that_backend_and_is_never_shown(gw: Gateway, faul
     # the fallback backend never gets the caller's key
     faulty.script(
         [
-            {"match": {"path": CHAT, "model": "fake-vlm"}, "fault": "reset", "times": 1},
+            {"match": {"path": CHAT, "model": "fake-vlm"}, "fault": "reset", "times": 2},
             {
                 "match": {"path": CHAT, "headers": caller},
                 "fault": "ok",

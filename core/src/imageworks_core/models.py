@@ -7,6 +7,7 @@ into JSON and back.
 from __future__ import annotations
 
 import base64
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -45,6 +46,23 @@ def _images(value: Iterable[Any]) -> tuple[PreparedImage, ...]:
                 hint="pass image paths, encoded image bytes, or PreparedImage (from aprepare_image)",
             )
     return items  # paths and bytes stay as they are until the client prepares them
+
+
+def _within(
+    low: float, high: float | None = None, *, above: bool = False, whole: bool = False, hint: str
+) -> Any:
+    """An attrs validator: ``None``, or a finite number from *low* (excluded when *above*) to *high*."""
+
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None:
+            return
+        kinds = int if whole else (int, float)
+        ok = not isinstance(value, bool) and isinstance(value, kinds) and math.isfinite(value)
+        ok = ok and (value > low if above else value >= low) and (high is None or value <= high)
+        if not ok:
+            raise InputError(f"{attribute.name}={value!r} is out of range", hint=hint)
+
+    return check
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -133,7 +151,7 @@ class Request:
         stop: Stop strings.
         extra: Backend-specific extras merged into the request body
             (e.g. ``{"top_k": 20}`` or ``{"mm_processor_kwargs": {...}}``).
-        timeout: Per-request read timeout in seconds.
+        timeout: This request's limit for one try, in seconds (each try gets it whole).
         id: The caller's identity for this request (kept on its result).
         fallback: This request's fallback backends, in order, instead of the
             configured ones (``()``: none; ``None``: the configured ones).
@@ -145,12 +163,20 @@ class Request:
     system: str | None = None
     model: str | None = None
     backend: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_tokens: int | None = attrs.field(
+        default=None, validator=_within(1, whole=True, hint="a whole number of tokens, 1 or more, e.g. 300")
+    )
+    temperature: float | None = attrs.field(
+        default=None, validator=_within(0, hint="0 (greedy) or more, e.g. 0.2")
+    )
+    top_p: float | None = attrs.field(
+        default=None, validator=_within(0, 1, above=True, hint="above 0, at most 1, e.g. 0.9")
+    )
     stop: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_map)
-    timeout: float | None = None
+    timeout: float | None = attrs.field(
+        default=None, validator=_within(0, above=True, hint="seconds, above 0, e.g. 120")
+    )
     id: str | None = None
     fallback: tuple[str, ...] | None = attrs.field(
         default=None, converter=lambda v: None if v is None else _strings(v)
