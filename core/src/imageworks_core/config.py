@@ -33,7 +33,7 @@ __all__ = ["Config", "check_values", "load_config", "tool_sections", "user_confi
 log = logging.getLogger("imageworks.config")
 
 _PLUGIN_ENV = {"IMAGEWORKS_STRICT_PLUGINS", "IMAGEWORKS_BACKENDS_ALLOW", "IMAGEWORKS_BACKENDS_DENY"}
-_OTHER_ENV = {"IMAGEWORKS_CONFIG_FILE", "IMAGEWORKS_TESTING", "IMAGEWORKS_LOG_LEVEL"}
+_OTHER_ENV = {"IMAGEWORKS_CONFIG_FILE", "IMAGEWORKS_LOG_LEVEL"}
 _LEGACY_GLOBAL = {"vlm_backend": "backend", "vlm_max_tokens": "max_tokens", "vlm_temperature": "temperature"}
 _LEGACY_SELECTED = {
     "vlm_base_url": "base_url",
