@@ -401,6 +401,20 @@ class AiohttpTransport:
     def _timeout(self, t: Timeouts) -> Any:
         return self._aiohttp.ClientTimeout(total=None, sock_connect=t.connect, sock_read=t.read)
 
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
+    ) -> Any:
+        """aiohttp's request context manager for one request (redirects are reported, not followed)."""
+        return self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            timeout=self._timeout(timeouts),
+            allow_redirects=False,
+            **self._route(url),
+        )
+
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> HttpResponse:
@@ -408,15 +422,7 @@ class AiohttpTransport:
         try:
             for retry in (True, False):
                 try:
-                    async with self._session.request(
-                        method,
-                        url,
-                        headers=headers,
-                        data=body,
-                        timeout=self._timeout(timeouts),
-                        allow_redirects=False,
-                        **self._route(url),
-                    ) as resp:
+                    async with self._send(method, url, headers, body, timeouts) as resp:
                         data = await resp.read()
                         return HttpResponse(
                             resp.status, {k.lower(): v for k, v in resp.headers.items()}, data
@@ -443,15 +449,7 @@ class AiohttpTransport:
         aiohttp = self._aiohttp
         try:
             for retry in (True, False):
-                cm = self._session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    timeout=self._timeout(timeouts),
-                    allow_redirects=False,
-                    **self._route(url),
-                )
+                cm = self._send(method, url, headers, body, timeouts)
                 try:
                     resp = await cm.__aenter__()
                     break
