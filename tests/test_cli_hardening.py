@@ -434,3 +434,20 @@ def test_internal_error_has_its_own_exit_code_and_no_traceback(tmp_path: Path) -
         timeout=120,
     )
     assert proc.returncode == 70 and "Traceback" in proc.stderr, proc.stderr
+
+
+def test_a_plugins_own_text_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    """``imageworks backends`` prints what plugins say about themselves (description, load
+    error): escape sequences in it are shown, not obeyed."""
+    site = _site(tmp_path, broken=False, buggy=False)
+    (Path(site) / "hostile_iw_plugin.py").write_text(
+        BROKEN_PLUGIN.replace(
+            'name="buggy", description=object()', f'name="hostile", description={HOSTILE!r}'
+        )
+    )
+    entry = Path(site) / "imageworks_backend_testbroken-0.1.dist-info" / "entry_points.txt"
+    entry.write_text("[imageworks.backends]\nhostile = hostile_iw_plugin:plugin\n")
+    proc = run_cli(tmp_path, "backends", PYTHONPATH=site)
+    assert proc.returncode == 0, show(proc)
+    assert "hostile" in proc.stdout and "pwned" in proc.stdout, show(proc)
+    assert not any(c in proc.stdout for c in "\x1b\x07\x9b\r\u202e"), proc.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
-import json
 import logging
 import sys
 import time
@@ -86,18 +85,18 @@ def backends(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(scrub_data(rows), indent=2))
+        print(dumps_json(scrub_data(rows), indent=2))
         return 0
     for r in rows:
         if r["error"]:
-            print(f"{r['name']:<12} BROKEN  {r['distribution'] or '?'} {r['version'] or ''}: {r['error']}")
+            _say(f"{r['name']:<12} BROKEN  {r['distribution'] or '?'} {r['version'] or ''}: {r['error']}")
             continue
         caps = r["capabilities"]
         flags = ", ".join(k for k in ("vision", "streaming", "model_switch", "structured_output") if caps[k])
         default = " (default)" if r["default"] else ""
-        print(f"{r['name']:<12} {r['distribution'] or 'in-process'} {r['version'] or ''}{default}")
-        print(f"{'':<12} {r['description']}")
-        print(f"{'':<12} url {r['default_base_url']}; {flags}")
+        _say(f"{r['name']:<12} {r['distribution'] or 'in-process'} {r['version'] or ''}{default}")
+        _say(f"{'':<12} {r['description']}")  # plugins' own text: controls shown, not obeyed
+        _say(f"{'':<12} url {r['default_base_url']}; {flags}")
         print(f"{'':<12} kinds: {', '.join(caps['kinds'])}")
     if not any(r["name"] == "vllm" and not r["error"] for r in rows):
         print("note: the default backend 'vllm' is not installed: pip install imageworks-backend-vllm")
@@ -121,7 +120,7 @@ def health(args: argparse.Namespace, client: Client) -> int:
 
     reports = anyio.run(check)
     if args.json:
-        print(json.dumps(scrub_data([to_json_dict(r) for r in reports]), indent=2))
+        print(dumps_json(scrub_data([to_json_dict(r) for r in reports]), indent=2))
     else:
         for r in reports:
             state = "ready" if r.ready else ("reachable, not ready" if r.reachable else "DOWN")
@@ -154,7 +153,7 @@ def config_show(args: argparse.Namespace, client: Client) -> int:
     rows = cfg.rows()
     if args.json:
         print(
-            json.dumps(
+            dumps_json(
                 scrub_data(
                     {
                         "files": [str(f) for f in cfg.files],
