@@ -51,3 +51,12 @@ def test_stream_scrubber_any_split(size: int) -> None:
     scrubber = StreamScrubber()
     out = "".join(scrubber.feed(text[i : i + size]) for i in range(0, len(text), size)) + scrubber.flush()
     assert out == scrub(text) == "the key is ***, again ****** end"
+
+
+def test_a_short_password_is_a_secret_and_a_no_key_placeholder_is_not() -> None:
+    from imageworks_core.redact import url_secrets
+
+    register_secret(*url_secrets("http://me:hunter2@gpu-box:8000/v1?api-version=2024-06-01&sig=abcd1234"))
+    register_secret("EMPTY", "Bearer EMPTY", "ollama")
+    assert scrub("pw hunter2, sig abcd1234") == "pw ***, sig ***"
+    assert scrub("an EMPTY frame in 2024-06-01, ollama style") == "an EMPTY frame in 2024-06-01, ollama style"

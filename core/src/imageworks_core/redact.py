@@ -39,7 +39,24 @@ __all__ = [
 ]
 
 MASK = "***"
-MIN_SECRET_LENGTH = 8  # shorter values are placeholders (vLLM's 'EMPTY', 'none'), not keys
+MIN_SECRET_LENGTH = 4
+#: Keys that local servers take as "no key" (vLLM's docs use EMPTY; LM Studio's, Ollama's and
+#: llama.cpp's clients send their names): scrubbing them would mangle every answer with the word.
+PLACEHOLDER_KEYS = frozenset(
+    {
+        "empty",
+        "none",
+        "null",
+        "dummy",
+        "no-key",
+        "nokey",
+        "not-needed",
+        "lm-studio",
+        "ollama",
+        "sk-no-key-required",
+        "token-abc123",
+    }
+)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -70,7 +87,7 @@ def register_secret(*values: str | None) -> None:
                     decoded = ""
                 if decoded:
                     forms.update({decoded, decoded.partition(":")[2]})
-        found.update(f for f in forms if len(f) >= MIN_SECRET_LENGTH)
+        found.update(f for f in forms if len(f) >= MIN_SECRET_LENGTH and f.lower() not in PLACEHOLDER_KEYS)
     if not found:
         return
     with _lock:
