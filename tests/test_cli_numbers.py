@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import read_jsonl, run_cli, show
 from PIL import Image
+from servers._proc import read_http_request
 from servers.faulty_openai import WARMUP_PROMPT
 
 URL = "http://127.0.0.1:9/v1"  # never reached: the settings are refused first
@@ -75,16 +76,7 @@ def trickle() -> Iterator[str]:
         with conn:
             conn.settimeout(60)
             try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                while len(rest) < length:
-                    rest += conn.recv(65536)
+                head, rest = read_http_request(conn)
                 if head.startswith(b"GET") and b"/models" in head:
                     body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")

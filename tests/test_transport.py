@@ -21,7 +21,7 @@ import anyio
 import pytest
 import sniffio
 from conftest import require
-from servers._proc import free_port
+from servers._proc import free_port, read_http_request
 
 from imageworks_core.errors import (
     BackendError,
@@ -602,24 +602,8 @@ class _ClosesAfterEachAnswer:
             self.connections += 1
             with conn:
                 conn.settimeout(5)
-                data = b""
                 try:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    head, _, rest = data.partition(b"\r\n\r\n")
-                    length = next(
-                        (
-                            int(h.split(b":")[1])
-                            for h in head.split(b"\r\n")
-                            if h.lower().startswith(b"content-length:")
-                        ),
-                        0,
-                    )
-                    while len(rest) < length and (chunk := conn.recv(65536)):
-                        rest += chunk  # read whole: closing on unread bytes would be a reset
+                    read_http_request(conn)
                     if self.answer:
                         body = b'{"ok":true}'
                         conn.sendall(

@@ -29,6 +29,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def read_http_request(conn: socket.socket) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request read whole off a raw socket: its head and its body.
+
+    Reading the body too matters: closing a socket with unread bytes is a reset,
+    which can throw away the answer already sent.
+    """
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    while len(body) < length and (chunk := conn.recv(65536)):
+        body += chunk
+    return head, body
+
+
 def http_status(url: str, timeout: float = 2.0) -> int | None:
     """Status code of GET *url*, or ``None`` when nothing answers."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from .errors import ImageWorksError, InputError
-from .models import Attempt, PreparedImage
+from .models import Attempt, PreparedImage, _within
 
 __all__ = ["GeneratedImage", "ImageRequest", "ImageResult", "parse_size"]
 
@@ -58,29 +58,12 @@ def _n(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise InputError(f"n={value!r}: ask for 1 to {MAX_N} images per request")
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    low = 1 if attribute.name == "steps" else 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-        raise InputError(f"{attribute.name}={value!r} is out of range", hint=f"at least {low}")
-
-
-def _seed(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-        raise InputError(f"seed={value!r} is out of range", hint="a whole number from 0 to 2**64-1")
-
-
-def _strength(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise InputError(
-            f"strength={value!r} is out of range",
-            hint="from just above 0 (keep the image) to 1 (replace it entirely), e.g. 0.6",
-        )
+_seed = _within(0, 2**64 - 1, whole=True, hint="a whole number from 0 to 2**64-1")
+_steps = _within(1, whole=True, hint="a whole number of steps, 1 or more, e.g. 30")
+_guidance = _within(0, hint="0 or more, e.g. 7.5")
+_strength = _within(
+    0, 1, above=True, hint="from just above 0 (keep the image) to 1 (replace it entirely), e.g. 0.6"
+)
 
 
 def _image(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -132,8 +115,8 @@ class ImageRequest:
     size: tuple[int, int] | None = attrs.field(default=None, converter=parse_size)
     n: int = attrs.field(default=1, validator=_n)
     seed: int | None = attrs.field(default=None, validator=_seed)
-    steps: int | None = attrs.field(default=None, validator=_positive)
-    guidance: float | None = attrs.field(default=None, validator=_positive)
+    steps: int | None = attrs.field(default=None, validator=_steps)
+    guidance: float | None = attrs.field(default=None, validator=_guidance)
     model: str | None = None
     backend: str | None = None
     extras: Mapping[str, Any] = attrs.field(factory=dict, converter=_map)

@@ -94,9 +94,9 @@ def ssl_context(trust_env: bool) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
-def _unavailable(url: str, exc: BaseException) -> BackendUnavailable:
+def _unavailable(url: str, exc: BaseException, *, connect_timed_out: bool = False) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
-    if "timeout" in type(exc).__name__.lower():
+    if connect_timed_out:
         reason = f"no answer to the connect ({reason})"
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
@@ -253,7 +253,7 @@ class HttpxTransport:
                     method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
                 )
         except httpx.ConnectTimeout as exc:
-            raise _unavailable(url, exc) from exc
+            raise _unavailable(url, exc, connect_timed_out=True) from exc
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
@@ -277,7 +277,7 @@ class HttpxTransport:
                 # a kept-alive connection the server closed as it was reused (see _dropped_before_answer)
                 resp = await self._client.send(req, stream=True)
         except httpx.ConnectTimeout as exc:
-            raise _unavailable(url, exc) from exc
+            raise _unavailable(url, exc, connect_timed_out=True) from exc
         except httpx.TimeoutException as exc:
             raise BackendTimeout(
                 f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
@@ -432,7 +432,7 @@ class AiohttpTransport:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
         except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect: an outage
-            raise _unavailable(url, exc) from exc
+            raise _unavailable(url, exc, connect_timed_out=True) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except aiohttp.ClientPayloadError as exc:
@@ -457,7 +457,7 @@ class AiohttpTransport:
                     if not (retry and _dropped_before_answer(aiohttp, exc)):
                         raise
         except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect: an outage
-            raise _unavailable(url, exc) from exc
+            raise _unavailable(url, exc, connect_timed_out=True) from exc
         except TimeoutError as exc:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except (aiohttp.ClientError, OSError) as exc:
