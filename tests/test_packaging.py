@@ -85,6 +85,17 @@ def test_distribution_metadata(dist: str) -> None:
     assert isinstance(project.get("version"), str)
     source = "\n".join(p.read_text(encoding="utf-8") for p in packages[0].parent.rglob("*.py"))
     assert '__version__ = "' not in source and "__version__ = '" not in source, f"{dist}: a second version"
+    # where a user who found the package on an index reads its documentation and reports a bug;
+    # the links point into this tree, so a moved doc or folder fails here
+    urls = project.get("urls")
+    assert isinstance(urls, dict), f"{dist}: no [project.urls]"
+    assert set(urls) >= {"Homepage", "Documentation", "Source", "Issues"}, f"{dist}: {sorted(urls)}"
+    home = urls["Homepage"].rstrip("/")
+    assert home.startswith("https://"), urls["Homepage"]
+    assert urls["Issues"] == f"{home}/issues"
+    assert urls["Source"] == f"{home}/tree/main/{dist}"
+    documentation = urls["Documentation"].removeprefix(f"{home}/blob/main/")
+    assert documentation != urls["Documentation"] and (ROOT / documentation).is_file(), urls["Documentation"]
 
 
 def _pins() -> dict[str, str]:
