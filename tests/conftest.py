@@ -65,6 +65,55 @@ def require(condition: bool, why: str) -> None:
         pytest.skip(why, allow_module_level=True)
 
 
+# ------------------------------------------------------------------ no silent skips in CI
+
+# The skips CI accepts: a conformance test that does not apply to the backend under test (it has no
+# server, takes one image, has no fault injection for that fault ...), and aiohttp under trio, which
+# it cannot run on. Any other skip in CI -- a missing tool, server or extra, whether it came through
+# require(), a bare pytest.skip or a module-level importorskip -- fails the session.
+NOT_APPLICABLE = (
+    "imageworks_core/testing/conformance.py",
+    "aiohttp runs under asyncio only",
+)
+_skips: list[tuple[str, str]] = []
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        path, line, message = report.longrepr
+        return f"{path}:{line}: {message}"
+    return str(report.longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skips.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _skips.append((report.nodeid, _skip_reason(report)))  # type: ignore[arg-type]
+
+
+def unexpected_skips() -> list[tuple[str, str]]:
+    return [(test, why) for test, why in _skips if not any(ok in why for ok in NOT_APPLICABLE)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if IN_CI and unexpected_skips() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    skipped = unexpected_skips()
+    if IN_CI and skipped:
+        terminalreporter.section(
+            "skipped in CI: each is a failure (tests/conftest.py NOT_APPLICABLE)", red=True
+        )
+        for test, why in skipped:
+            terminalreporter.line(f"{test}: {why}")
+
+
 # ------------------------------------------------------------------ faulty OpenAI-compatible server
 
 

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cli_helpers import backend_args, cli_argv, cli_env, run_cli, show
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -144,6 +145,7 @@ def test_ask_streams_to_a_terminal(faulty: Any, tmp_path: Path) -> None:
     assert code == 0 and [e["stream"] for e in chat_log(faulty)] == [False], out
 
 
+@pytest.mark.about("wait_for_backend")
 def test_ask_exit_codes(faulty: Any, tmp_path: Path) -> None:
     faulty.script([{"match": {"path": CHAT}, "fault": "status", "status": 400}])
     proc = run_cli(tmp_path, "ask", "x", *backend_args(faulty))

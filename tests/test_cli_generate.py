@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cli_helpers import read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
@@ -87,6 +88,7 @@ def test_never_overwrites_without_the_flag(tmp_path: Path, faulty: Any) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".imageworks-")]  # no temp left
 
 
+@pytest.mark.about("wait_for_backend")
 def test_exit_codes(tmp_path: Path, faulty: Any) -> None:
     usage = run_cli(tmp_path, "generate", "x", "--backend", "vllm")
     assert usage.returncode == 2 and "does not generate images" in usage.stderr, show(usage)

@@ -274,6 +274,7 @@ def test_health_dead_port(tmp_path: Path, as_json: bool) -> None:
 
 
 @pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
+@pytest.mark.about("wait_for_backend")
 def test_describe_with_nothing_listening_exits_3(tmp_path: Path, preflight: bool) -> None:
     """Exit code 3 means "no backend reachable", with or without the preflight health check."""
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.jpg", "JPEG")

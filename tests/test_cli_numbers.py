@@ -46,6 +46,7 @@ def _image(tmp_path: Path) -> None:
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
+@pytest.mark.about("wait_for_backend")
 def test_bad_numbers_exit_2_naming_key_and_source(
     tmp_path: Path, args: list[str], env: dict[str, str], key: str, source: str
 ) -> None:

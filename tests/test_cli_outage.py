@@ -100,6 +100,7 @@ def test_a_server_still_loading_at_start_is_waited_for(tmp_path: Path, server: S
     assert took < 10 + 16 + 5, f"took {took:.1f}s after the server was ready at 10 s"
 
 
+@pytest.mark.about("wait_for_backend")
 def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     tmp_path: Path, server: Server
 ) -> None:

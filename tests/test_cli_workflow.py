@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cli_helpers import read_jsonl, run_cli, show
 
-DEAD = ["--base-url", "http://127.0.0.1:9", "--wait-for-backend", "0"]
+DEAD = ["--base-url", "http://127.0.0.1:9"]
 
 
 def test_workflow_without_a_prompt_placeholder_is_refused_before_sending(tmp_path: Path) -> None:

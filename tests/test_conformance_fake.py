@@ -258,17 +258,12 @@ def test_fake_server_stops_with_its_handle() -> None:
 # ---------------------------------------------------------------- the fake server through the openai backend
 
 
-def _client(base_url: str, **settings: Any) -> Any:
+def _client(base_url: str, **overrides: Any) -> Any:
     from imageworks_core import Client
 
     return Client(
         backend="openai",
-        # the error mapping is under test: fail fast, no outage waiting (wait_for_backend=0)
-        overrides={
-            "retry": {"max_attempts": 1},
-            "wait_for_backend": 0,
-            "backends": {"openai": {"base_url": base_url, **settings}},
-        },
+        overrides={**overrides, "backends": {"openai": {"base_url": base_url}}},
         user_file=False,
         project_file=False,
         allow=["openai"],
@@ -286,11 +281,13 @@ def _client(base_url: str, **settings: Any) -> Any:
         (fs.drop(), BackendUnavailable),
     ],
 )
+@pytest.mark.about("wait_for_backend")
 async def test_openai_backend_maps_fake_server_faults(
     imageworks_openai_server: FakeOpenAIServer, answer: dict[str, Any], error: type[Exception]
 ) -> None:
     imageworks_openai_server.always(answer)
-    async with _client(imageworks_openai_server.base_url) as client:
+    # the error mapping is under test: fail fast (wait_for_backend=0) instead of waiting out a 429
+    async with _client(imageworks_openai_server.base_url, wait_for_backend=0) as client:
         with pytest.raises(error):
             await client.infer(Request(prompt="hi", max_tokens=8))
 
@@ -308,7 +305,7 @@ async def test_openai_backend_stream_cut_is_a_protocol_error(
 
 @pytest.mark.anyio
 async def test_openai_backend_delay_and_timeout(imageworks_openai_server: FakeOpenAIServer) -> None:
-    imageworks_openai_server.push(fs.ok(delay=2.0))
+    imageworks_openai_server.always(fs.ok(delay=2.0))  # every try (a timeout is retried)
     async with _client(imageworks_openai_server.base_url) as client:
         with pytest.raises(BackendTimeout):
             await client.infer(Request(prompt="hi", max_tokens=8, timeout=0.3))

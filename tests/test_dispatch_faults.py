@@ -657,6 +657,7 @@ def per_model(log: list[dict[str, Any]]) -> collections.Counter[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.about("max_attempts", "cooldown_after")
 async def test_cooldown_skips_then_probes_the_failing_backend(faulty: Any) -> None:
     backends = {"other": {"base_url": faulty.v1, "model": "primary-vlm"}}
     retry = {"max_attempts": 1, "cooldown_after": 3, "cooldown": 1.0}
@@ -686,6 +687,7 @@ async def test_cooldown_skips_then_probes_the_failing_backend(faulty: Any) -> No
     assert per_model(faulty.log(CHAT))["primary-vlm"] == 6
 
 
+@pytest.mark.about("max_attempts", "cooldown_after")
 async def test_when_every_backend_cools_down_requests_still_go_out(faulty: Any) -> None:
     backends = {"other": {"base_url": faulty.v1, "model": "primary-vlm"}}
     retry = {"max_attempts": 1, "cooldown_after": 2, "cooldown": 60}

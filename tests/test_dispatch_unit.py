@@ -128,7 +128,7 @@ FINAL = [
 @pytest.mark.parametrize("exc", RETRYABLE, ids=lambda e: f"{type(e).__name__}-{e.status}")
 async def test_retryable_errors_are_retried(exc: Exception) -> None:
     fake = FakeBackend().script(exc, exc, "third time lucky")
-    async with make_client(fake, retry={"max_attempts": 4}) as client:
+    async with make_client(fake) as client:
         result = await client.infer(req(1))
     assert result.text == "third time lucky"
     assert len(fake.calls) == 3
@@ -137,6 +137,7 @@ async def test_retryable_errors_are_retried(exc: Exception) -> None:
 
 
 @pytest.mark.parametrize("exc", FINAL, ids=lambda e: f"{type(e).__name__}-{e.status}")
+@pytest.mark.about("max_attempts")
 async def test_final_errors_are_not_retried(exc: Exception) -> None:
     fake = FakeBackend().script(exc, "would have answered")
     async with make_client(fake, retry={"max_attempts": 5}) as client:
@@ -146,6 +147,7 @@ async def test_final_errors_are_not_retried(exc: Exception) -> None:
     assert len(fake.calls) == 1
 
 
+@pytest.mark.about("max_attempts")
 async def test_retries_stop_at_max_attempts_with_the_last_error() -> None:
     errors = [BackendServerError(f"HTTP 500 #{i}", status=500) for i in range(10)]
     fake = FakeBackend().script(*errors)
@@ -315,6 +317,7 @@ async def test_retry_after_pauses_the_backend_not_just_the_item(real_sleeps: Non
 # ------------------------------------------------------------------ deadline
 
 
+@pytest.mark.about("max_attempts", "deadline")
 async def test_deadline_stops_retries() -> None:
     fake = FakeBackend().script(*[Delay(0.2, BackendUnavailable("refused")) for _ in range(50)])
     retry = {"max_attempts": 50, "deadline": 0.5, "backoff_base": 0.01, "backoff_max": 0.01}
@@ -328,6 +331,7 @@ async def test_deadline_stops_retries() -> None:
     assert elapsed < 1.5
 
 
+@pytest.mark.about("max_attempts", "deadline")
 async def test_deadline_stops_fallback() -> None:
     primary = FakeBackend("primary").script(*[Delay(0.6, BackendUnavailable("down")) for _ in range(5)])
     backup = FakeBackend("backup")
@@ -339,6 +343,7 @@ async def test_deadline_stops_fallback() -> None:
     assert backup.calls == []
 
 
+@pytest.mark.about("max_attempts", "deadline")
 async def test_deadline_bounds_a_single_slow_attempt() -> None:
     """``retry.deadline`` is the total time one item may take: a hung try must not outlive it."""
     fake = FakeBackend().script(Delay(3.0))
@@ -354,6 +359,7 @@ async def test_deadline_bounds_a_single_slow_attempt() -> None:
 # ------------------------------------------------------------------ fallback and the final error
 
 
+@pytest.mark.about("max_attempts")
 async def test_fallback_after_retries_records_every_attempt() -> None:
     primary = FakeBackend("primary").script(
         BackendServerError("HTTP 500", status=500), BackendServerError("HTTP 500", status=500)
@@ -385,6 +391,7 @@ async def test_an_outage_of_the_primary_sends_the_item_to_the_fallback_at_once()
 
 
 @pytest.mark.parametrize("wait", [0, 0.3], ids=["fail-fast", "gave-up"])
+@pytest.mark.about("max_attempts", "wait_for_backend")
 async def test_all_down_is_one_unavailable_naming_each_backend(wait: float) -> None:
     """``wait_for_backend`` (the setting under test): 0 fails as soon as the tries are spent."""
     primary = FakeBackend("primary").always(BackendUnavailable("primary refused"))
@@ -405,6 +412,7 @@ async def test_all_down_is_one_unavailable_naming_each_backend(wait: float) -> N
         assert len(primary.calls) == 1  # refused once, then only probed until it gave up
 
 
+@pytest.mark.about("max_attempts", "wait_for_backend")
 async def test_mixed_failures_are_a_backend_error_not_unavailable() -> None:
     primary = FakeBackend("primary").script(BackendUnavailable("primary refused"))
     backup = FakeBackend("backup").script(BackendProtocolError("garbage", retryable=False))
@@ -663,7 +671,7 @@ async def test_progress_events() -> None:
     events: list[Any] = []
     items = [req("plain"), req("retry"), req("fallback"), req("rejected")]
     items.append(InputError("nope", source="bad.jpg"))
-    async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 2}) as client:
+    async with make_client(primary, backup, fallback=["backup"]) as client:
         results = await collect(client, items, concurrency=1, on_event=events.append, preflight=True)
     assert len(results) == 5
     seq: dict[str, list[tuple[str, str | None, int | None]]] = {}
@@ -743,9 +751,11 @@ async def test_stream_retries_before_the_first_chunk() -> None:
 
 
 async def test_stream_falls_back_before_the_first_chunk() -> None:
-    primary = FakeBackend("primary").script(*[BackendUnavailable("down")] * 2)
+    # a primary that never answered is not "out" (it may be a wrong URL): its refusals use up its
+    # tries (the default 4), then the item goes to the fallback
+    primary = FakeBackend("primary").script(*[BackendUnavailable("down")] * 4)
     backup = FakeBackend("backup", reply="from backup")
-    async with make_client(primary, backup, fallback=["backup"], retry={"max_attempts": 2}) as client:
+    async with make_client(primary, backup, fallback=["backup"]) as client:
         text = "".join([c.text async for c in client.stream(req(1))])
     assert text == "from backup"
 
@@ -820,6 +830,7 @@ async def _enumerate(results: Any) -> Any:
         yield n, r
 
 
+@pytest.mark.about("wait_for_backend")
 async def test_a_backend_busy_for_longer_than_wait_for_backend_is_given_up() -> None:
     """429 after 429 with no success: the pauses end after ``wait_for_backend`` (the setting under test)."""
     busy = FakeBackend("busy").always(BackendOverloaded("queue full", status=429, retry_after=0.05))

@@ -173,6 +173,7 @@ def test_concurrency_the_higher_layer_wins_whatever_its_specificity(
     assert client.concurrency("vllm") == 9
 
 
+@pytest.mark.about("max_attempts")
 def test_bad_values_fail_at_construction() -> None:
     for kwargs, needle in [
         ({"concurrency": 0}, "concurrency"),

@@ -146,6 +146,7 @@ async def test_hints_name_library_arguments_and_the_cli_shows_flags(tmp_path: An
     assert "--vlm-base-url URL" in shown and "Client(" not in shown, shown
 
 
+@pytest.mark.about("wait_for_backend")
 async def test_fallback_with_every_backend_busy_is_overloaded_with_the_soonest_retry_after() -> None:
     """A web app failing fast (``wait_for_backend=0``) can answer 503 + Retry-After."""
     from imageworks_core import BackendOverloaded

@@ -884,6 +884,7 @@ async def test_503_and_429_are_retried_until_the_server_answers(faulty: Any) -> 
     assert [a.error_type for a in result.attempts] == ["BackendOverloaded", "BackendOverloaded", None]
 
 
+@pytest.mark.about("wait_for_backend")
 async def test_429_carries_retry_after(faulty: Any) -> None:
     faulty.script(
         [
@@ -896,9 +897,7 @@ async def test_429_carries_retry_after(faulty: Any) -> None:
         ]
     )
     # the plugin's mapping is under test: no outage waiting, so the final error comes out at once
-    async with lmdeploy_client(
-        faulty.base_url, model=MODEL, retry={"max_attempts": 1}, wait_for_backend=0
-    ) as client:
+    async with lmdeploy_client(faulty.base_url, model=MODEL, wait_for_backend=0) as client:
         with pytest.raises(BackendOverloaded) as info:
             await client.infer(image_request())
         with pytest.raises(BackendOverloaded):
@@ -909,10 +908,10 @@ async def test_429_carries_retry_after(faulty: Any) -> None:
 
 async def test_connection_refused_is_one_line_with_launch_hints() -> None:
     port = free_port()
-    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL, retry={"max_attempts": 2}) as client:
+    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL) as client:
         with pytest.raises(BackendUnavailable) as info:
             await client.infer(image_request())
-    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL, retry={"max_attempts": 1}) as client:
+    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL) as client:
         with pytest.raises(BackendUnavailable) as stream_info:
             await collect(client, image_request())
     for err in (info.value, stream_info.value):
@@ -927,7 +926,7 @@ async def test_connection_refused_is_one_line_with_launch_hints() -> None:
 
 async def test_connection_refused_stream_after_retries_is_still_one_line() -> None:
     port = free_port()
-    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL, retry={"max_attempts": 2}) as client:
+    async with lmdeploy_client(f"http://127.0.0.1:{port}", model=MODEL) as client:
         with pytest.raises(BackendUnavailable) as info:
             await collect(client, image_request())
     assert "\n" not in info.value.message

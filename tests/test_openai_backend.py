@@ -265,7 +265,7 @@ async def test_the_key_never_shows_in_repr_errors_or_logs(
     seen: list[str] = []
     # the server rejects everything: errors, attempts and logs all pass through with the key set
     faulty.script([], default=_NO_KEY)
-    async with openai_client(base_url=faulty.base_url, model="m", retry={"max_attempts": 2}, **key) as client:
+    async with openai_client(base_url=faulty.base_url, model="m", **key) as client:
         ctx = client.context("openai")
         seen += [repr(client), repr(client.settings), repr(ctx), repr(ctx.settings), str(ctx.settings)]
         seen += [repr(client.config.rows()), repr(client.config.sources)]
@@ -279,9 +279,7 @@ async def test_the_key_never_shows_in_repr_errors_or_logs(
         async with client.map([jpeg()], prompt="Describe") as results:
             seen += [repr(r) + repr(r.attempts) async for r in results]
     port = free_port()  # and a connection error, with the key in the headers
-    async with openai_client(
-        base_url=f"http://127.0.0.1:{port}", model="m", retry={"max_attempts": 1}, **key
-    ) as c:
+    async with openai_client(base_url=f"http://127.0.0.1:{port}", model="m", **key) as c:
         with pytest.raises(BackendUnavailable) as down:
             await c.infer(image_request())
         seen += [str(down.value), repr(down.value)]

@@ -347,7 +347,7 @@ async def test_end_of_sequence_stop_strings_and_messages(tiny: Any) -> None:
 
 @pytest.mark.anyio
 async def test_bad_inputs_fail_clearly_and_the_client_stays_usable(tiny: Any) -> None:
-    async with make_client(tiny.snapshot, retry={"max_attempts": 1}) as client:
+    async with make_client(tiny.snapshot) as client:
         broken = PreparedImage(
             data=b"\xff\xd8\xff\xe0 not really a jpeg", mime="image/jpeg", source="broken.jpg"
         )
@@ -430,7 +430,7 @@ async def test_stream_idle_timeout(tiny: Any) -> None:
                 _time.sleep(1.0)
             return scores
 
-    async with make_client(tiny.snapshot, stream_idle_timeout=0.3, retry={"max_attempts": 1}) as client:
+    async with make_client(tiny.snapshot, stream_idle_timeout=0.3) as client:
         await client.infer(ask(jpeg(RED), max_tokens=2))  # load first
         stalled = Request(
             prompt="Describe this image.",
@@ -502,12 +502,13 @@ def state_is_unloaded(client: Client) -> bool:
 
 @pytest.mark.anyio
 async def test_generation_timeout(tiny: Any) -> None:
-    async with make_client(tiny.snapshot, retry={"max_attempts": 1}) as client:
+    async with make_client(tiny.snapshot) as client:
         await client.infer(ask(jpeg(RED), max_tokens=2))
         with pytest.raises(BackendTimeout) as info:
             await client.infer(ask(jpeg(RED), max_tokens=3000, timeout=0.2))
         assert "0.2s" in info.value.message and "timeout" in (info.value.hint or "")
-        assert (await client.health()).metrics["cancelled"] == 1.0
+        # a timeout is retried (the default 4 tries): each try's generation was stopped, none runs on
+        assert (await client.health()).metrics["cancelled"] == 4.0
         ok = await client.infer(ask(jpeg(RED), max_tokens=3))
         assert ok.usage.completion_tokens == 3
 

@@ -754,6 +754,7 @@ async def test_503_queue_full_is_overloaded_and_retried(faulty: Any) -> None:
     assert len(posts(faulty)) == 3
 
 
+@pytest.mark.about("wait_for_backend")
 async def test_503_error_type_and_retry_after(faulty: Any) -> None:
     busy = '{"error":"Exceeds maximum queue size"}'
     faulty.script(triton(first=[status(f"/v2/models/{M}/generate", 503, busy, headers={"Retry-After": "2"})]))

@@ -418,6 +418,7 @@ _ROLE_CHUNK = {
 @pytest.mark.parametrize(
     ("code", "expected"), [(400, BackendRejected), (503, BackendOverloaded), (500, BackendServerError)]
 )
+@pytest.mark.about("wait_for_backend")
 async def test_stream_inband_error_old_flat_shape(
     faulty: Any, code: int, expected: type[BackendError]
 ) -> None:
@@ -669,6 +670,7 @@ async def test_rejections_both_shapes_with_hints(faulty: Any, case: str, new: bo
 
 
 @pytest.mark.parametrize("new", [True, False], ids=["nested", "flat"])
+@pytest.mark.about("wait_for_backend")
 async def test_busy_503_is_overloaded_with_retry_after(faulty: Any, new: bool) -> None:
     busy = vllm_error(
         "The server is busy; too many queued requests.", "ServiceUnavailableError", 503, new=new
