@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from cli_helpers import backend_args, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
 from servers._proc import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HELP_BUDGET_S = 0.3
 SECRET = "sk-imageworks-test-SECRET-4c1d9e"
@@ -274,15 +277,55 @@ def test_health_dead_port(tmp_path: Path, as_json: bool) -> None:
 
 
 @pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
-@pytest.mark.about("wait_for_backend")
 def test_describe_with_nothing_listening_exits_3(tmp_path: Path, preflight: bool) -> None:
     """Exit code 3 means "no backend reachable", with or without the preflight health check."""
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.jpg", "JPEG")
     url = f"http://127.0.0.1:{free_port()}"
     args = ["describe", "a.jpg", "--xmp", "none", "--vlm-backend", "openai", "--vlm-base-url", url]
-    proc = run_cli(tmp_path, *args, "--wait-for-backend", "1", *([] if preflight else ["--no-preflight"]))
+    proc = run_cli(tmp_path, *args, *([] if preflight else ["--no-preflight"]))
     assert proc.returncode == 3, show(proc)
     assert "cannot connect" in proc.stdout + proc.stderr
+
+
+DEFAULT_PORTS = {"vllm": 8000, "lmdeploy": 23333, "ollama": 11434, "llama.cpp": 8080, "LM Studio": 1234}
+
+
+def _nothing_listens_on(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_readme_quickstart_with_no_server_says_what_it_tried_and_what_to_start(tmp_path: Path) -> None:
+    """The first README command's own line (scripts/describe-samples.sh, after its install step),
+    run as written on the samples with no model server up: exit 3, every backend it tried, the
+    launch lines (vllm's for a 16 GB and a 96 GB GPU), no traceback, nothing written."""
+    busy = [name for name, port in DEFAULT_PORTS.items() if not _nothing_listens_on(port)]
+    require(not busy, f"something listens on the default port of {busy}")
+    script = (ROOT / "scripts" / "describe-samples.sh").read_text(encoding="utf-8")
+    line = next(x for x in script.splitlines() if x.startswith("exec .venv/bin/imageworks describe samples"))
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    env = cli_env(tmp_path, HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    proc = subprocess.run(
+        ["bash", "-c", line, "describe-samples.sh"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 3, show(proc)
+    assert "Traceback" not in said
+    tried = said.split("is usable:")[1]
+    for name in ("vllm", "lmdeploy", "triton", "ollama", "llamacpp", "lmstudio"):
+        assert name in tried, f"{name} not among what auto tried:\n{said}"
+    assert "vllm serve" in said and "16 GB" in said and "96 GB" in said
+    assert "lmdeploy serve api_server" in said
+    assert not (tmp_path / "samples-results.jsonl").exists() or not read_jsonl(
+        tmp_path / "samples-results.jsonl"
+    )
 
 
 def test_list_templates(tmp_path: Path) -> None:
