@@ -156,7 +156,7 @@ def test_ctrl_c_during_an_outage_exits_at_once_with_the_results_kept(tmp_path: P
     took = time.monotonic() - t0
     print(f"\nCtrl-C during an outage: exit {proc.returncode} after {took:.2f}s")
     assert proc.returncode == 130, (out, err)
-    assert took < 1.0, f"took {took:.2f}s to stop"
+    assert took < 3.0, f"took {took:.2f}s to stop (the outage wait is 600 s)"
     assert "Traceback" not in err
     records = read_jsonl(tmp_path / "results.jsonl")
     assert len([r for r in records if r["error"] is None]) >= 5

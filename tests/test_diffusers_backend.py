@@ -256,7 +256,7 @@ async def test_cancel_stops_the_pipeline_and_the_next_request_runs(tiny_sd: Path
         start = time.monotonic()
         with anyio.move_on_after(0.5) as scope:
             await c.generate_image(ImageRequest("long", size="64x64", steps=900, seed=1))
-        assert scope.cancelled_caught and time.monotonic() - start < 3
+        assert scope.cancelled_caught and time.monotonic() - start < 8  # 900 steps would take minutes
         st = c.context("diffusers").state["diffusers"]
         before = st.generations
         # the abandoned generation stops at its next step, so this one gets the pipeline soon

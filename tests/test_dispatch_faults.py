@@ -751,7 +751,7 @@ async def test_cancel_mid_batch_leaves_nothing_behind(faulty: Any) -> None:
                     got.append(r)
         elapsed = time.monotonic() - t0
         assert scope.cancelled_caught
-        assert elapsed < 2.0, f"cancel took {elapsed:.2f}s"
+        assert elapsed < 5.0, f"cancel took {elapsed:.2f}s (the requests in flight hang 10 s)"
         assert _task_count() == tasks_before, "tasks left behind after the cancel"
         in_flight = [e for e in faulty.log(CHAT) if e["request_id"] not in quick]
         assert len(in_flight) >= 8  # there really were requests in flight

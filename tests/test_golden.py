@@ -123,3 +123,8 @@ def test_golden_files_are_the_colour_narrator_format() -> None:
     assert "<rdf:Bag>" in xmp
     meta = (GOLDEN / "full-barn.jpg.cn_metadata.json").read_text(encoding="utf-8")
     assert '"metadata_version": "1.0"' in meta and '"source_file": "barn.jpg"' in meta
+    # the results JSONL a Colour Narrator run writes: image, prompt, model, base URL, description,
+    # processing time and error, under these names, whatever else a record carries
+    for line in (GOLDEN / "describe-results.jsonl").read_text(encoding="utf-8").splitlines():
+        for key in ("image", "prompt", "model", "base_url", "description", "processing_time", "error"):
+            assert f'"{key}": ' in line, key
