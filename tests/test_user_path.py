@@ -35,6 +35,7 @@ DISTRIBUTIONS = {
     "imageworks-backend-lmdeploy": "plugins/lmdeploy",
     "imageworks-backend-triton": "plugins/triton",
     "imageworks-backend-transformers": "plugins/transformers",
+    "imageworks-backend-diffusers": "plugins/diffusers",
     "imageworks-backend-sdwebui": "plugins/sdwebui",
     "imageworks-backend-comfyui": "plugins/comfyui",
     "imageworks-backend-echo": "examples/imageworks-backend-echo",
@@ -72,8 +73,9 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         src = tmp_path_factory.mktemp("src") / Path(folder).name
         # build from a copy: a build must not depend on (or leave) files in the tree
         shutil.copytree(ROOT / folder, src, ignore=shutil.ignore_patterns("build", "dist", "__pycache__"))
-        # no --sdist/--wheel: build makes the sdist, then the wheel from the unpacked sdist
-        proc = _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)])
+        # no --sdist/--wheel: build makes the sdist, then the wheel from the unpacked sdist; in an
+        # isolated build environment, as pip builds an sdist for a user (so [build-system] is tested)
+        proc = _run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], env=_clean_env())
         assert proc.returncode == 0, f"building {folder}\n{_show(proc)}"
     return out
 
