@@ -504,6 +504,72 @@ def test_a_failing_sidecar_write_fails_only_its_image(tmp_path: Path, faulty: An
     assert "4 already described in the results file" in proc.stdout, show(proc)
 
 
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Any:
+    """A 512 KiB tmpfs (root can mount one; CI runs as root) and a way to fill it up."""
+    can_mount = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
+    require(can_mount, "mounting a small tmpfs needs root")
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=1777", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(proc.returncode == 0, f"cannot mount a tmpfs: {proc.stderr.strip()}")
+
+    def fill() -> Path:
+        filler = where / "filler.bin"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # ENOSPC: full
+        finally:
+            os.close(fd)
+        return filler
+
+    try:
+        yield where, fill
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_keeps_every_description_in_the_jsonl(
+    tmp_path: Path, faulty: Any, full_disk: Any
+) -> None:
+    """No space left for the sidecars (the images' disk is full; the results file is on another):
+    every description is still in the JSONL, each image names the failure, nothing half-written is
+    left; with space again, --resume writes the sidecars without asking the model."""
+    where, fill = full_disk
+    images = make_jpegs(where / "imgs", 3)
+    filler = fill()
+    common = ["--output", "r.jsonl", *("--vlm-backend", "openai", "--vlm-base-url", faulty.v1)]
+    proc = run_cli(tmp_path, "describe", str(where / "imgs"), *common)
+    assert proc.returncode == 1, show(proc)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    recs = by_name(read_jsonl(tmp_path / "r.jsonl"))
+    assert sorted(recs) == sorted(p.name for p in images)
+    for p in images:
+        [rec] = recs[p.name]
+        assert rec["error"] is None and rec["description"].endswith("A grey cat on a sofa."), rec
+        assert "No space left" in rec["output_error"] and "\n" not in rec["output_error"], rec
+        assert rec["output_error"] in proc.stdout
+    assert sorted(os.listdir(where / "imgs")) == sorted(p.name for p in images)  # no partial files
+    assert len(chat_requests(faulty)) == 3
+
+    filler.unlink()
+    faulty.reset()
+    proc = run_cli(tmp_path, "describe", str(where / "imgs"), *common, "--resume")
+    assert proc.returncode == 0, show(proc)
+    assert len(chat_requests(faulty)) == 0
+    for p in images:
+        assert xmp_description(p.with_suffix(".xmp")).endswith("A grey cat on a sofa.")
+        assert p.with_name(p.name + ".cn_metadata.json").is_file()
+
+
 # ------------------------------------------------------------------ the same job through the Python API
 
 
