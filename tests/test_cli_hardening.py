@@ -196,6 +196,28 @@ def test_bad_base_url_is_a_usage_error(tmp_path: Path, faulty: Any, url: str) ->
     assert faulty.log() == []
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "javascript:alert(1)"])
+def test_bad_base_url_from_the_config_file_or_environment_names_where_it_came_from(
+    tmp_path: Path, faulty: Any, url: str
+) -> None:
+    _jpegs(tmp_path / "in", 1)
+    cfg = tmp_path / "imageworks.toml"
+    cfg.write_text(f'backend = "openai"\n\n[backends.openai]\nbase_url = "{url}"\n', encoding="utf-8")
+    env_var = "IMAGEWORKS_BACKENDS__OPENAI__BASE_URL"
+    for source, env, where in (
+        ("file", {"IMAGEWORKS_CONFIG_FILE": str(cfg)}, str(cfg)),
+        ("env", {env_var: url, "IMAGEWORKS_BACKEND": "openai"}, env_var),
+    ):
+        for cmd in (("describe", "in"), ("health",), ("config", "show")):
+            proc = run_cli(tmp_path, *cmd, **env)
+            assert proc.returncode == 2, f"{source} {cmd}: {show(proc)}"
+            [line] = proc.stderr.splitlines()
+            assert "not an http(s) URL" in line and repr(url) in line, line
+            assert where in line and "backends.openai.base_url" in line, line
+    assert not (tmp_path / "imageworks-results.jsonl").exists()
+    assert faulty.log() == []
+
+
 def test_unusable_output_is_a_usage_error_before_anything_is_sent(tmp_path: Path, faulty: Any) -> None:
     _jpegs(tmp_path / "in", 2)
     (tmp_path / "adir").mkdir()

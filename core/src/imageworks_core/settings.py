@@ -112,6 +112,9 @@ def normalise_base_url(url: str) -> str:
     given = re.sub(r"//[^/?#@]*@", "//", url.strip())  # shown in errors without user:password@
     url = url.strip()
     if "://" not in url:
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(?!\d)", url)  # javascript:..., mailto:...
+        if scheme:
+            raise ValueError(f"not an http(s) URL: {given!r} (scheme {scheme.group(1)!r})")
         url = "http://" + url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
