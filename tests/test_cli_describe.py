@@ -26,6 +26,7 @@ import pytest
 from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
+from servers._proc import free_port
 
 from imageworks_core.outputs.jsonl import RESULT_KEYS
 
@@ -568,6 +569,43 @@ def test_a_full_disk_keeps_every_description_in_the_jsonl(
     for p in images:
         assert xmp_description(p.with_suffix(".xmp")).endswith("A grey cat on a sofa.")
         assert p.with_name(p.name + ".cn_metadata.json").is_file()
+
+
+VOLATILE = {"processing_time", "queue_time", "timestamp", "attempts"}
+
+
+@pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
+def test_stream_and_batch_give_the_same_records_when_the_fallback_answers(
+    tmp_path: Path, faulty: Any, preflight: bool
+) -> None:
+    """vllm (the primary) is not running, the openai backend (the fallback) answers: with and without
+    --stream, every record names the backend, model and URL that answered, and the records are the
+    same apart from timings (issue 13.15: one dispatch path)."""
+    make_jpegs(tmp_path / "imgs", 3)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    env = {
+        "IMAGEWORKS_BACKENDS__OPENAI__BASE_URL": faulty.v1,
+        "IMAGEWORKS_BACKENDS__OPENAI__MODEL": "fake-vlm",
+    }
+    common = ["describe", "imgs", "--vlm-backend", "vllm", "--vlm-base-url", dead, "--fallback", "openai"]
+    common += ["--xmp", "none", "--no-json-sidecar", *([] if preflight else ["--no-preflight"])]
+    records = {}
+    for mode, extra in (("batch", []), ("stream", ["--stream"])):
+        proc = run_cli(tmp_path, *common, *extra, "--output", f"{mode}.jsonl", **env)
+        assert proc.returncode == 0, show(proc)
+        records[mode] = sorted(read_jsonl(tmp_path / f"{mode}.jsonl"), key=lambda r: r["image"])
+        for rec in records[mode]:
+            assert rec["error"] is None and rec["backend"] == "openai", rec
+            assert rec["model"] == "fake-vlm" and rec["base_url"] == faulty.v1, rec
+            assert rec["attempts"][-1]["backend"] == "openai" and rec["attempts"][-1]["error"] is None
+        tried = [[a["backend"] for a in rec["attempts"]] for rec in records[mode]]
+        if preflight:  # vllm was found down before the first image: nothing goes there
+            assert tried == [["openai"]] * 3, tried
+        else:  # vllm's refusals came during the run (then its breaker may send the rest straight on)
+            assert ["vllm"] * 4 + ["openai"] in tried, tried
+    assert len(records["batch"]) == 3
+    same = [{k: v for k, v in r.items() if k not in VOLATILE} for r in records["batch"]]
+    assert same == [{k: v for k, v in r.items() if k not in VOLATILE} for r in records["stream"]]
 
 
 # ------------------------------------------------------------------ the same job through the Python API
