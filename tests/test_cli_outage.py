@@ -116,12 +116,13 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     took = time.monotonic() - killed
     assert proc.returncode == 3, (out, err)
     assert "Traceback" not in err
-    assert 4.5 <= took < 8.0, f"gave up {took:.1f}s after the crash (wait_for_backend=5)"
+    assert 4.5 <= took < 7.0, f"gave up {took:.1f}s after the crash (wait_for_backend=5; ~5.1 s measured)"
     # one clear message naming the backend, the URL, how long it was down, what to do
     assert "not described, the backend stayed down" in out, out
     assert f"openai at {server.base}/v1 has been unavailable for 0:0" in out, out
     assert "--resume" in out
     assert out.count("has been unavailable") == 1, out
+    assert f"start the openai server at {server.base}/v1, e.g.:" in out and "ollama serve" in out, out
     assert f"outages: openai at {server.base}/v1: 1, 0:0" in out, out  # the summary counts it
     records = read_jsonl(tmp_path / "results.jsonl")
     done = {r["image"] for r in records if r["error"] is None}
@@ -138,6 +139,11 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     assert again.returncode == 0, show(again)
     sent = [e["request_id"] for e in server.log()]
     assert len(sent) == len(failed), (len(sent), len(failed))
+    final = read_jsonl(tmp_path / "results.jsonl")  # the first run's records, then the resumed ones
+    for image in done:  # described once, never asked again
+        assert [r["error"] for r in final if r["image"] == image] == [None], image
+    for image in failed:  # asked once more, and answered
+        assert [r["error"] is None for r in final if r["image"] == image] == [False, True], image
     final = {r["image"] for r in read_jsonl(tmp_path / "results.jsonl") if r["error"] is None}
     assert len(final) == 40
 
