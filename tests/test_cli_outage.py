@@ -6,13 +6,16 @@ can be killed and brought back; the request log proves what was sent.
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from PIL import Image
@@ -169,3 +172,84 @@ def test_ctrl_c_during_an_outage_exits_at_once_with_the_results_kept(tmp_path: P
     # --json: the outage was logged as a structured line
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(line.get("event") == "outage" and line.get("backend") == "openai" for line in lines), err
+
+
+# ------------------------------------------------------------------ the same, in-process, asyncio and trio
+
+
+async def _describe_in_process(tmp_path: Path, server: Server, *, stream: bool, **settings: Any) -> Any:
+    from imageworks_core import Client
+    from imageworks_core.describe import DescribeOptions, run_describe
+
+    backends = {"openai": {"base_url": server.base + "/v1", "model": "fake-vlm"}}
+    opts = DescribeOptions(
+        paths=(str(tmp_path / "imgs"),),
+        output=tmp_path / "results.jsonl",
+        stream=stream,
+        xmp="none",
+        json_sidecar=False,
+    )
+    async with Client(
+        backend="openai", overrides={"backends": backends, **settings}, user_file=False, project_file=False
+    ) as client:
+        return await run_describe(client, opts, out=io.StringIO())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["batch", "stream"])
+async def test_run_describe_waits_out_a_restart_in_process(
+    tmp_path: Path, server: Server, real_sleeps: None, stream: bool
+) -> None:
+    """What the CLI runs, embedded in an asyncio or a trio program, default settings: the server is
+    killed after 5 answers and back 3 s later; every image is described once, one outage counted."""
+    _images(tmp_path / "imgs", 16)
+    server.script([], default={"fault": "delay", "delay_s": 0.1})
+
+    async def crash_and_restart() -> None:
+        while server.answered() < 5:
+            await anyio.sleep(0.02)
+        await anyio.to_thread.run_sync(server.kill)
+        await anyio.sleep(3)
+        await anyio.to_thread.run_sync(server.start)
+        await anyio.to_thread.run_sync(lambda: server.script([], default={"fault": "delay", "delay_s": 0.1}))
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(crash_and_restart)
+            summary = await _describe_in_process(tmp_path, server, stream=stream)
+    assert len(summary.ok) == 16 and not summary.failed, summary.failed
+    [(backend, url, seconds)] = summary.outages
+    assert backend == "openai" and url == server.base + "/v1" and seconds >= 2.5
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert sorted(r["image"] for r in records) == sorted(str(p) for p in (tmp_path / "imgs").iterdir())
+    assert all(r["error"] is None and r["description"] for r in records)
+    # the restarted server got only what the first had not answered (at least 5 were, before the kill)
+    assert 1 <= len(server.log()) <= 16 - 5, len(server.log())
+
+
+@pytest.mark.anyio
+@pytest.mark.about("wait_for_backend")
+async def test_run_describe_gives_up_after_wait_for_backend_in_process(
+    tmp_path: Path, server: Server, real_sleeps: None
+) -> None:
+    """The server never comes back, ``wait_for_backend = 2``: the rest fail with BackendDown, the
+    finished ones are on disk, once each."""
+    _images(tmp_path / "imgs", 16)
+    server.script([], default={"fault": "delay", "delay_s": 0.1})
+
+    async def crash() -> None:
+        while server.answered() < 5:
+            await anyio.sleep(0.02)
+        await anyio.to_thread.run_sync(server.kill)
+
+    t0 = time.monotonic()
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(crash)
+            summary = await _describe_in_process(tmp_path, server, stream=False, wait_for_backend=2)
+    assert time.monotonic() - t0 < 20
+    assert len(summary.ok) >= 5 and len(summary.ok) + len(summary.failed) == 16
+    assert all("has been unavailable for" in why for _, why in summary.failed), summary.failed
+    records = read_jsonl(tmp_path / "results.jsonl")
+    assert len(records) == 16 and len({r["image"] for r in records}) == 16
+    assert sum(r["error"] is None for r in records) == len(summary.ok)
