@@ -576,6 +576,74 @@ async def test_primary_outage_mid_batch_goes_to_the_fallback_and_back(faulty: An
     assert set(sent(faulty.log(CHAT)).values()) <= {1, 2, 3}
 
 
+@pytest.mark.slow
+async def test_primary_process_killed_and_restarted_with_a_fallback_process(
+    faulty: Any, real_sleeps: None
+) -> None:
+    """Two server processes: the primary is killed mid-batch and back 3 s later, the fallback (another
+    process) is up throughout. Default settings: the fallback takes the items during the outage, the
+    primary gets them back once its probe finds it, every item is answered once across both."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(port))
+    first = ServerProcess(argv, ready_url=base + "/health", name="primary-first", ready_timeout=30)
+    second = ServerProcess(argv, ready_url=base + "/health", name="primary-second", ready_timeout=30)
+    slow_ok = {"fault": "delay", "delay_s": 0.05}
+    faulty.script([], default=slow_ok)
+    backends = {"other": {"base_url": base + "/v1", "model": "primary-vlm"}}
+    done: list[tuple[float, str]] = []  # (when, backend) of each answer, as the dispatcher saw it
+    killed: list[float] = []
+    back: list[float] = []
+
+    def on_event(e: Any) -> None:
+        if e.kind == "done":
+            done.append((time.monotonic(), e.backend))
+
+    async def kill_and_restart() -> None:
+        while len(done) < 40:
+            await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(first.kill)
+        killed.append(time.monotonic())
+        await anyio.sleep(3)
+        await anyio.to_thread.run_sync(second.start)
+        await anyio.to_thread.run_sync(lambda: faulty_openai.script(base, [], default=slow_ok))
+        back.append(time.monotonic())
+
+    await anyio.to_thread.run_sync(first.start)
+    try:
+        await anyio.to_thread.run_sync(lambda: faulty_openai.script(base, [], default=slow_ok))
+        # the fallback is a smaller box (2 at a time): the batch outlasts the outage and the probe
+        client = make_client(
+            faulty.v1, backend="other", fallback=["openai"], backends=backends, openai={"concurrency": 2}
+        )
+        async with client, anyio.create_task_group() as tg:
+            tg.start_soon(kill_and_restart)
+            with anyio.fail_after(120):
+                results = await collect(
+                    client, [req(i) for i in range(500)], on_event=on_event, preflight=True
+                )
+        restarted_log = await anyio.to_thread.run_sync(lambda: faulty_openai.request_log(base, CHAT))
+    finally:
+        first.stop()
+        second.stop()
+    got = by_id(results)
+    assert set(got) == {str(i) for i in range(500)} and all(r.ok for r in got.values())
+    # the items that met the outage went to the fallback (without using up their tries on it)
+    met = [r for r in results if any(a.backend == "other" and a.error for a in r.attempts)]
+    assert met and all(r.backend == "openai" for r in met), [(r.backend, r.attempts) for r in met]
+    # while the primary was away (past the answers already on their way), the fallback answered
+    during = [b for t, b in done if killed[0] + 0.5 < t < back[0]]
+    assert during and set(during) == {"openai"}, during
+    # once its probe (at most 15 s apart) found it back, the primary answered again
+    again = [t for t, b in done if t > back[0] and b == "other"]
+    assert again, "the primary never got items back"
+    print(f"\nthe primary answered again {again[0] - back[0]:.2f}s after it was back")
+    # answered once across both processes: the fallback's log and the restarted primary's
+    both = answered(faulty.log(CHAT)) + answered(restarted_log)
+    twice = {rid: n for rid, n in both.items() if n > 1}
+    assert not twice, twice
+
+
 def _installed_plugin(name: str) -> Any:
     from importlib.metadata import entry_points
 

@@ -31,7 +31,7 @@ import attrs
 
 from .adaptive import AdaptiveLimit
 from .context import Report, reporting
-from .endpoint import Endpoint
+from .endpoint import Endpoint, State
 from .errors import (
     BackendDown,
     BackendError,
@@ -228,6 +228,29 @@ class ItemRunner:
                 return name, _least_loaded(alive)
         return candidates[0], self.pool(candidates[0])[0]
 
+    def _patience(self, names: list[str], name: str, ep: Endpoint) -> float | None:
+        """How long an item waits in *ep*'s queue before it looks again (``None``: as long as it takes).
+
+        A second when *ep* stopped accepting and there is somewhere else to go. And, while a
+        preferred endpoint (of an earlier backend, or another of this pool) is out or paused, until
+        its next probe or the end of its pause: the item then comes back through ``_pick``, which
+        probes it, so the preferred one gets the waiting items back as soon as it is up again, even
+        when every item of the batch is already queued here.
+        """
+        now = time.monotonic()
+        waits: list[float] = []
+        pool = self.pool(name)
+        if (len(names) > 1 or len(pool) > 1) and not ep.accepting():
+            waits.append(1.0)
+        preferred = [e for n in names[: names.index(name)] for e in self.pool(n)]
+        for other in [*preferred, *(e for e in pool if e is not ep)]:
+            if other.state is State.OUT:  # back now to probe it; a second while someone probes it
+                due = other.next_probe - now
+                waits.append(0.0 if other.probe_due() else max(0.05, due) if due > 0 else 1.0)
+            elif other.state is State.PAUSED and other in preferred:
+                waits.append(max(0.05, other.paused_until - now))
+        return min(waits) if waits else None
+
     # ------------------------------------------------------------ one item
 
     async def run(
@@ -264,11 +287,12 @@ class ItemRunner:
             except ImageWorksError as exc:
                 return self._failed(st, name, exc, on_event)
             pool = self.pool(name)
-            others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             waited = time.monotonic()
             try:
                 got = await ep.acquire(
-                    seq, patience=1.0 if others else None, leave_if_out=len(names) > 1 or len(pool) > 1
+                    seq,
+                    patience=self._patience(names, name, ep),
+                    leave_if_out=len(names) > 1 or len(pool) > 1,
                 )
             except BackendDown as exc:
                 st.queued += time.monotonic() - waited
@@ -467,10 +491,9 @@ class ItemRunner:
             ctx = ep.context
             caller = self.backends.hook(name, "stream")
             pool = self.pool(name)
-            others = (len(names) > 1 or len(pool) > 1) and not ep.accepting()
             try:
                 got = await ep.acquire(
-                    0, patience=1.0 if others else None, leave_if_out=len(names) > 1 or len(pool) > 1
+                    0, patience=self._patience(names, name, ep), leave_if_out=len(names) > 1 or len(pool) > 1
                 )
             except BackendDown as exc:
                 if all(e.is_down() for e in pool):
