@@ -26,6 +26,7 @@ from .errors import (
     redact_url,
 )
 from .transport import HttpResponse, StreamResponse, Timeouts, Transport
+from .websocket import WebSocket
 
 __all__ = [
     "HttpClient",
@@ -343,6 +344,28 @@ class HttpClient:
                 if 300 <= resp.status < 400:
                     raise redirect_error(resp.status, resp.headers, backend=self.backend, url=url)
                 yield resp
+        except BackendError as exc:
+            enriched = self._enrich(exc, url)
+            if enriched is exc:
+                raise
+            raise enriched from exc.__cause__
+
+    @contextlib.asynccontextmanager
+    async def websocket(self, path: str) -> AsyncIterator[WebSocket]:
+        """Open a WebSocket to *path* on the backend (``ws://`` or ``wss://`` as the base URL is
+        ``http://`` or ``https://``), with the backend's headers (its key); ``async for message in
+        ws`` gives each text (``str``) or binary (``bytes``) message until the server closes it.
+
+        Raises:
+            BackendUnavailable: Nothing answered the connect.
+            BackendProtocolError: The server refused the upgrade (e.g. a proxy without WebSockets).
+        """
+        url = self.url(path)
+        try:
+            async with self.transport.websocket(
+                self._sent(url), headers=self._with_caller_key(self._headers), timeouts=self.timeouts
+            ) as ws:
+                yield ws
         except BackendError as exc:
             enriched = self._enrich(exc, url)
             if enriched is exc:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import attrs
 
 from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
+from .websocket import WebSocket, connect_websocket
 
 __all__ = ["HttpResponse", "StreamResponse", "Timeouts", "Transport", "open_transport"]
 
@@ -74,7 +75,24 @@ class Transport(Protocol):
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> contextlib.AbstractAsyncContextManager[StreamResponse]: ...
 
+    def websocket(
+        self, url: str, *, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> contextlib.AbstractAsyncContextManager[WebSocket]: ...
+
     async def aclose(self) -> None: ...
+
+
+class _WebSockets:
+    """``websocket()`` of the real transports: its own connection (a WebSocket is not pooled),
+    the same TLS trust as the pool's requests."""
+
+    _trust_env: bool
+
+    def websocket(
+        self, url: str, *, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> contextlib.AbstractAsyncContextManager[WebSocket]:
+        tls = ssl_context(self._trust_env) if url.startswith(("https://", "wss://")) else None
+        return connect_websocket(url, headers=headers, connect_timeout=timeouts.connect, tls=tls)
 
 
 def ssl_context(trust_env: bool) -> ssl.SSLContext:
@@ -219,12 +237,13 @@ class _HttpxStream(_Lines):
                     break
 
 
-class HttpxTransport:
+class HttpxTransport(_WebSockets):
     """httpx pool; the transport under trio and the fallback under asyncio."""
 
     def __init__(self, *, max_connections: int, trust_env: bool = False) -> None:
         httpx = _httpx()
         self._httpx = httpx
+        self._trust_env = trust_env
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         # Timeouts are set per request (Timeouts), so the client-wide default is none.
         self._client = httpx.AsyncClient(
@@ -358,7 +377,7 @@ class _AiohttpStream(_Lines):
             del buf[:start]
 
 
-class AiohttpTransport:
+class AiohttpTransport(_WebSockets):
     """aiohttp pool: the fast path under asyncio.
 
     With *trust_env*, the proxy (``HTTP(S)_PROXY`` / ``NO_PROXY``) is looked up once

@@ -18,7 +18,11 @@ The handler may be a coroutine function.  It plays the network's faults by
 raising: ``ConnectionRefusedError`` (or any ``OSError``) arrives as
 ``BackendUnavailable`` and ``TimeoutError`` as ``BackendTimeout``, as the real
 transports report them.  Streams are served from the response body, split
-into lines (``MockResponse.sse`` builds one).  What needs real sockets (a
+into lines (``MockResponse.sse`` builds one).  A WebSocket the client opens
+(``ctx.http.websocket``) is a ``GET`` request with ``websocket=True``; answer it
+with ``MockResponse.websocket(messages)``, where *messages* (``str`` or ``bytes``,
+a list or an async iterator, to pace them) are what the server sends; any other
+answer is a refused upgrade.  What needs real sockets (a
 process that dies, a connection cut mid-answer) needs a real server:
 ``FakeOpenAIServer``.
 """
@@ -28,13 +32,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import anyio.lowlevel
 import attrs
 
-from ..errors import BackendTimeout, BackendUnavailable, redact_url
+from ..errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
 from ..transport import HttpResponse, Timeouts
 
 __all__ = ["MockRequest", "MockResponse", "MockTransport"]
@@ -50,6 +55,7 @@ class MockRequest:
         headers: The headers, names in lower case.
         body: The raw body (``b""`` for none).
         stream: Whether the client asked for a streamed response.
+        websocket: Whether the client opened a WebSocket.
     """
 
     method: str
@@ -57,6 +63,7 @@ class MockRequest:
     headers: Mapping[str, str]
     body: bytes = b""
     stream: bool = False
+    websocket: bool = False
 
     @property
     def path(self) -> str:
@@ -77,6 +84,12 @@ class MockResponse:
     status: int = 200
     headers: Mapping[str, str] = attrs.field(factory=dict)
     body: bytes = b""
+    messages: Iterable[str | bytes] | AsyncIterable[str | bytes] | None = None
+
+    @classmethod
+    def websocket(cls, messages: Iterable[str | bytes] | AsyncIterable[str | bytes]) -> MockResponse:
+        """An accepted WebSocket: the server sends *messages* (a dict is JSON-encoded), then closes."""
+        return cls(101, {"upgrade": "websocket"}, b"", messages)
 
     @classmethod
     def json(cls, data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> MockResponse:
@@ -147,10 +160,16 @@ class MockTransport:
         return [r for r in self.requests if path is None or r.path == path]
 
     async def _answer(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, stream: bool
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        stream: bool,
+        websocket: bool = False,
     ) -> MockResponse:
         request = MockRequest(
-            method, url, {k.lower(): v for k, v in headers.items()}, bytes(body or b""), stream
+            method, url, {k.lower(): v for k, v in headers.items()}, bytes(body or b""), stream, websocket
         )
         self.requests.append(request)
         try:
@@ -178,5 +197,64 @@ class MockTransport:
     ) -> AsyncIterator[_MockStream]:
         yield _MockStream(await self._answer(method, url, headers, body, True))
 
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self, url: str, *, headers: Mapping[str, str], timeouts: Timeouts
+    ) -> AsyncIterator[_MockWebSocket]:
+        answer = await self._answer("GET", url, headers, None, False, websocket=True)
+        if answer.status != 101 or answer.messages is None:
+            raise BackendProtocolError(
+                f"{redact_url(url)}: the server refused the WebSocket upgrade (HTTP {answer.status})",
+                status=answer.status,
+            )
+        ws = _MockWebSocket(answer.messages)
+        try:
+            yield ws
+        finally:
+            await ws.aclose()
+
     async def aclose(self) -> None:
         self.closed = True
+
+
+class _MockWebSocket:
+    """What ``MockTransport.websocket`` yields: the scripted messages, then the close."""
+
+    def __init__(self, messages: Iterable[str | bytes] | AsyncIterable[str | bytes]) -> None:
+        self._sync = None if isinstance(messages, AsyncIterable) else iter(messages)
+        self._async = messages.__aiter__() if isinstance(messages, AsyncIterable) else None
+        self.closed = False
+
+    def __aiter__(self) -> _MockWebSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def receive(self) -> str | bytes | None:
+        """The next scripted message; ``None`` after the last (the server closed)."""
+        if self.closed:
+            return None
+        try:
+            if self._async is not None:
+                message = await self._async.__anext__()
+            else:
+                await anyio.lowlevel.checkpoint()
+                message = next(self._sync)  # type: ignore[arg-type]
+        except (StopIteration, StopAsyncIteration):
+            self.closed = True
+            return None
+        return _encoded(message)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        aclose = getattr(self._async, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _encoded(message: Any) -> str | bytes:
+    return message if isinstance(message, str | bytes) else json.dumps(message)
