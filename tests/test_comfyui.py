@@ -487,3 +487,107 @@ async def test_unknown_extras_are_refused() -> None:
     async with client(mock, model=CKPT) as c:
         with pytest.raises(InputError, match="quality"):
             await c.generate_image(ImageRequest("a cat", extras={"quality": "hd"}))
+
+
+# ------------------------------------------------------------------ progress over /ws
+
+
+class ComfyWithSocket(Comfy):
+    """ComfyUI with its ``/ws``: after the prompt is queued, the messages server.py and
+    execution.py send for it (``progress`` from the sampler's hook), then the end of the prompt;
+    the history has the entry only once it ended. Another client's prompt shows up too."""
+
+    def __init__(self, *, refuse: bool = False, old: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.refuse = refuse
+        self.old = old  # before prompt_id was added to progress messages
+        self.queued = anyio.Event()
+        self.ended = False
+
+    async def _messages(self, client_id: str) -> Any:
+        yield {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": client_id}}
+        await self.queued.wait()
+        yield {"type": "execution_start", "data": {"prompt_id": PID, "timestamp": 1}}
+        yield {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": PID}}
+        yield {"type": "progress", "data": {"value": 9, "max": 9, "prompt_id": "someone-else", "node": "3"}}
+        for step in range(1, 5):
+            data: dict[str, Any] = {"value": step, "max": 4, "node": "3"}
+            if not self.old:
+                data["prompt_id"] = PID
+            yield {"type": "progress", "data": data}
+            await anyio.sleep(0.01)
+        yield b"\x00\x00\x00\x01\x00\x00\x00\x02preview-jpeg"  # a preview frame
+        self.ended = True
+        yield {"type": "executing", "data": {"node": None, "prompt_id": PID}}
+        yield {"type": "execution_success", "data": {"prompt_id": PID, "timestamp": 2}}
+        await anyio.sleep(3600)  # the socket stays open until the client leaves
+
+    async def __call__(self, request: MockRequest) -> MockResponse:
+        if request.websocket:
+            assert request.path == "/ws"
+            if self.refuse:
+                return MockResponse.text("no websockets here", status=403)
+            return MockResponse.websocket(self._messages(request.query["clientId"]))
+        if request.path == "/prompt" and request.method == "POST":
+            self.queued.set()
+        if request.path == f"/history/{PID}" and not self.ended:
+            self.polls += 1
+            return MockResponse.json({})
+        return await super().__call__(request)
+
+
+@pytest.mark.parametrize("old", [False, True], ids=["current", "no-prompt-id"])
+async def test_progress_comes_over_the_websocket_and_its_end_wakes_the_poller(old: bool) -> None:
+    from imageworks_core import Event
+
+    comfy = ComfyWithSocket(old=old)
+    mock = MockTransport(comfy)
+    events: list[Event] = []
+    async with client(mock, model=CKPT, poll_interval=30) as c:
+        with anyio.fail_after(10):  # a 30 s poll interval: only the socket can end it this soon
+            result = await c.generate_image(ImageRequest("a lighthouse"), on_event=events.append)
+    assert len(result.images) == 1
+    [ws] = [r for r in mock.requests if r.websocket]
+    client_id = ws.query["clientId"]
+    assert mock.sent("/prompt")[0].json()["client_id"] == client_id  # the socket hears this prompt
+    assert mock.requests.index(ws) < mock.requests.index(mock.sent("/prompt")[0])  # opened first
+    progress = [(e.step, e.total, e.detail) for e in events if e.kind == "progress"]
+    assert progress == [(1, 4, "node 3"), (2, 4, "node 3"), (3, 4, "node 3"), (4, 4, "node 3")]
+    assert comfy.polls <= 2  # one poll before the end at most, not one every 30 s
+    assert events[-1].kind == "done"
+
+
+async def test_each_request_that_listens_has_its_own_client_id() -> None:
+    comfy = ComfyWithSocket()
+    mock = MockTransport(comfy)
+    async with client(mock, model=CKPT) as c:
+        for _ in range(2):
+            comfy.queued, comfy.ended = anyio.Event(), False
+            await c.generate_image(ImageRequest("a lighthouse"), on_event=lambda e: None)
+    ids = [r.query["clientId"] for r in mock.requests if r.websocket]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert [p.json()["client_id"] for p in mock.sent("/prompt")] == ids
+
+
+async def test_nobody_listening_opens_no_socket() -> None:
+    comfy = ComfyWithSocket()
+    comfy.ended = True  # no socket to say so: the history has it at once
+    mock = MockTransport(comfy)
+    async with client(mock, model=CKPT) as c:
+        await c.generate_image(ImageRequest("a lighthouse"))
+    assert not [r for r in mock.requests if r.websocket]
+
+
+async def test_a_refused_socket_falls_back_to_polling_once_and_for_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    comfy = ComfyWithSocket(refuse=True, pending_polls=2)
+    comfy.ended = True
+    mock = MockTransport(comfy)
+    async with client(mock, model=CKPT) as c:
+        for _ in range(2):
+            comfy.polls = 0
+            result = await c.generate_image(ImageRequest("a lighthouse"), on_event=lambda e: None)
+            assert len(result.images) == 1
+    assert len([r for r in mock.requests if r.websocket]) == 1  # asked once, then polled
+    assert "no progress over /ws" in caplog.text and "HTTP 403" in caplog.text

@@ -84,10 +84,10 @@ class MockResponse:
     status: int = 200
     headers: Mapping[str, str] = attrs.field(factory=dict)
     body: bytes = b""
-    messages: Iterable[str | bytes] | AsyncIterable[str | bytes] | None = None
+    messages: Iterable[Any] | AsyncIterable[Any] | None = None
 
     @classmethod
-    def websocket(cls, messages: Iterable[str | bytes] | AsyncIterable[str | bytes]) -> MockResponse:
+    def websocket(cls, messages: Iterable[Any] | AsyncIterable[Any]) -> MockResponse:
         """An accepted WebSocket: the server sends *messages* (a dict is JSON-encoded), then closes."""
         return cls(101, {"upgrade": "websocket"}, b"", messages)
 
@@ -220,7 +220,7 @@ class MockTransport:
 class _MockWebSocket:
     """What ``MockTransport.websocket`` yields: the scripted messages, then the close."""
 
-    def __init__(self, messages: Iterable[str | bytes] | AsyncIterable[str | bytes]) -> None:
+    def __init__(self, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
         self._sync = None if isinstance(messages, AsyncIterable) else iter(messages)
         self._async = messages.__aiter__() if isinstance(messages, AsyncIterable) else None
         self.closed = False

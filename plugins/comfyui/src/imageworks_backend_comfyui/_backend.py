@@ -3,13 +3,18 @@
 ``POST /prompt`` queues the workflow (a 400 names the failing node inputs);
 ``GET /history/{prompt_id}`` is polled every ``poll_interval`` seconds until the
 entry appears (ComfyUI writes it when the prompt is done); each output image
-comes from ``GET /view``.  A request cancelled after queuing (the core's
-timeout, Ctrl-C) takes its prompt off the server: ``POST /queue {"delete"}``
-while pending, ``POST /interrupt {"prompt_id"}`` while running.
+comes from ``GET /view``.  When someone listens for progress, the request also
+opens ``/ws`` with its own client id before queuing: the sampler's steps become
+``progress`` events and the end of the prompt wakes the poller at once (see
+``_progress``); without a working socket (a proxy that refuses it) it polls.
+A request cancelled after queuing (the core's timeout, Ctrl-C) takes its prompt
+off the server: ``POST /queue {"delete"}`` while pending, ``POST /interrupt
+{"prompt_id"}`` while running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
@@ -38,6 +43,7 @@ from imageworks_core.plugin import (
     redact_url,
 )
 
+from ._progress import listen
 from ._protocol import ImageRef, checkpoints_from_object_info, history_outcome, prompt_refusal, queue_place
 from ._settings import ComfyUISettings
 from ._workflow import PLACEHOLDERS, default_workflow, fill, load_workflow, placeholders_in, request_workflow
@@ -119,19 +125,17 @@ class ComfyUIBackend(BackendBase):
     async def generate_image(self, ctx: BackendContext, request: ImageRequest) -> ImageResult:
         settings = ctx.settings_as(ComfyUISettings)
         workflow, values, used, source = await self._workflow(ctx, settings, request)
-        client_id = ctx.state.setdefault("comfyui_client_id", uuid.uuid4().hex)
         started = time.perf_counter()
-        prompt_id = await self._queue(ctx, workflow, client_id, request.timeout)
-        finished = False
-        try:
-            refs = await self._wait(ctx, settings, prompt_id, request.timeout)
-            finished = True
-            generated = time.perf_counter()
-            images = [await self._view(ctx, ref, request.timeout) for ref in refs]
-        except BaseException:
-            if not finished:
+        async with contextlib.AsyncExitStack() as stack:
+            socket, client_id = await self._socket(ctx, stack)
+            prompt_id = await self._queue(ctx, workflow, client_id, request.timeout)
+            try:
+                refs = await self._wait(ctx, settings, prompt_id, request.timeout, socket)
+            except BaseException:
                 await self._withdraw(ctx, settings, prompt_id)
-            raise
+                raise
+        generated = time.perf_counter()
+        images = [await self._view(ctx, ref, request.timeout) for ref in refs]
         done = time.perf_counter()
         seed = values["seed"] if "seed" in used else None
         images[0] = GeneratedImage(images[0].data, images[0].mime, images[0].width, images[0].height, seed)
@@ -242,10 +246,57 @@ class ComfyUIBackend(BackendBase):
             ctx.log.warning("%s: ComfyUI skips invalid outputs of the workflow: %s", ctx.name, node_errors)
         return prompt_id
 
+    async def _socket(self, ctx: BackendContext, stack: contextlib.AsyncExitStack) -> tuple[Any, str]:
+        """``(socket, client_id)``: ``/ws`` opened with a client id of this request's own when
+        someone listens for progress (``(None, the context's id)`` otherwise, or when it fails)."""
+        if not ctx.progress_wanted or ctx.state.get("comfyui_no_ws"):
+            return None, ctx.state.setdefault("comfyui_client_id", uuid.uuid4().hex)
+        client_id = uuid.uuid4().hex
+        try:
+            socket = await stack.enter_async_context(ctx.http.websocket(f"/ws?clientId={client_id}"))
+        except BackendProtocolError as exc:  # refused (a proxy without WebSockets): poll from now on
+            ctx.state["comfyui_no_ws"] = True
+            ctx.log.warning("%s: no progress over /ws (%s); polling the history only", ctx.name, exc.message)
+            return None, client_id
+        except BackendError:
+            return None, client_id  # down: queuing the prompt says so
+        return socket, client_id
+
     async def _wait(
-        self, ctx: BackendContext, settings: ComfyUISettings, prompt_id: str, timeout: float | None
+        self,
+        ctx: BackendContext,
+        settings: ComfyUISettings,
+        prompt_id: str,
+        timeout: float | None,
+        socket: Any = None,
     ) -> list[ImageRef]:
-        """Poll ``/history/{prompt_id}`` until the prompt is done; its output images."""
+        """The prompt's output images, once it is done; its progress from *socket* meanwhile."""
+        ended = anyio.Event()
+        if socket is None:
+            return await self._poll(ctx, settings, prompt_id, timeout, ended)
+        refs: list[ImageRef] = []
+        failed: Exception | None = None  # raised as itself, not inside an exception group
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_listen, ctx, socket, prompt_id, ended)
+            try:
+                refs = await self._poll(ctx, settings, prompt_id, timeout, ended)
+            except Exception as exc:
+                failed = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
+        return refs
+
+    async def _poll(
+        self,
+        ctx: BackendContext,
+        settings: ComfyUISettings,
+        prompt_id: str,
+        timeout: float | None,
+        ended: anyio.Event,
+    ) -> list[ImageRef]:
+        """Poll ``/history/{prompt_id}`` until the prompt is done (sooner when *ended* is set)."""
         path = f"/history/{prompt_id}"
         url = redact_url(ctx.http.url(path))
         polls = 0
@@ -270,7 +321,11 @@ class ComfyUIBackend(BackendBase):
                     url=url,
                     retryable=True,
                 )
-            await anyio.sleep(settings.poll_interval)
+            if ended.is_set():  # the socket said it ended: the history entry is a moment away
+                await anyio.sleep(min(settings.poll_interval, 0.05))
+            else:
+                with anyio.move_on_after(settings.poll_interval):
+                    await ended.wait()
 
     async def _view(self, ctx: BackendContext, ref: ImageRef, timeout: float | None) -> GeneratedImage:
         """``GET /view?filename=..&subfolder=..&type=..``: one image."""
@@ -348,3 +403,11 @@ async def _metrics(ctx: BackendContext, stats: Any) -> dict[str, float]:
         out["running"] = float(len(queue.get("queue_running") or ()))
         out["waiting"] = float(len(queue.get("queue_pending") or ()))
     return out
+
+
+async def _listen(ctx: BackendContext, socket: Any, prompt_id: str, ended: anyio.Event) -> None:
+    """The socket's progress, until it ends or breaks (then the history polling carries on)."""
+    try:
+        await listen(ctx, socket, prompt_id, ended)
+    except BackendError as exc:
+        ctx.log.debug("%s: /ws ended early (%s); polling the history", ctx.name, exc.message)
