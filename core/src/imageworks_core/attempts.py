@@ -1,6 +1,6 @@
 """One item's tries: which backend, the hook call, who is to blame, retry or fall back.
 
-For each try the item picks the first backend in its order whose endpoint
+For each try the item picks (``routing``) the first backend in its order whose endpoint
 accepts requests (one that is out is skipped while a later one is up, so the
 fallback takes the work during an outage and the primary gets it back once it
 recovers), waits for a slot there, calls the plugin, and classifies a failure
@@ -24,29 +24,27 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import attrs
 
-from .adaptive import AdaptiveLimit
 from .context import Report, reporting
-from .endpoint import Endpoint, State
+from .endpoint import Endpoint
 from .errors import (
     BackendDown,
     BackendError,
     BackendOverloaded,
-    BackendRejected,
     BackendTimeout,
     BackendUnavailable,
     ImageWorksError,
     PluginError,
     redact_url,
 )
-from .events import Event, Listeners, OnEvent, structured
-from .models import Attempt, BackendInfo, Chunk, HealthReport, Request, Result, Usage
-from .retry import Breaker, backoff_delay, ends_item, sleep
-from .settings import Settings
+from .events import Event, OnEvent, structured
+from .models import Attempt, Chunk, Request, Result, Usage
+from .retry import backoff_delay, ends_item, sleep
+from .routing import Backends, Routing
 
 __all__ = ["Backends", "ItemRunner", "OnChunk", "one_line"]
 
@@ -55,32 +53,6 @@ log = logging.getLogger("imageworks.dispatch")
 #: ``on_chunk(item_id, chunk)``; ``chunk`` is ``None`` when a streamed try failed after
 #: some text and the item starts again (whatever was shown for it is void).
 OnChunk = Callable[[str, Chunk | None], None]
-
-
-class Backends(Protocol):
-    """What the dispatcher needs from its client: settings, backend contexts, hooks, health."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    def backend_order(self, backend: str | None = None) -> list[str]: ...
-
-    def context(self, name: str) -> Any: ...
-
-    def contexts(self, name: str) -> list[Any]: ...
-
-    def hook(self, name: str, hook: str) -> Any: ...
-
-    def info(self, name: str) -> BackendInfo: ...
-
-    def concurrency(self, name: str) -> int: ...
-
-    def adaptive(self, name: str) -> AdaptiveLimit | None: ...
-
-    async def health(self, backend: str | None = None) -> HealthReport: ...
-
-    async def health_of(self, ctx: Any) -> HealthReport: ...
-    async def warmup(self, name: str, *, context: Any = None) -> None: ...
 
 
 def one_line(exc: BaseException) -> str:
@@ -119,137 +91,8 @@ class _Item:
         return before is not None and ep.successes > before
 
 
-class ItemRunner:
-    """Runs items against the backends of one client; owns the endpoints and breakers."""
-
-    def __init__(self, backends: Backends, listeners: Listeners) -> None:
-        self.backends = backends
-        self.listeners = listeners
-        self._endpoints: dict[str, list[Endpoint]] = {}
-        self._breakers: dict[str, Breaker] = {}
-        self._warned_model: set[str] = set()
-
-    # ------------------------------------------------------------ per backend
-
-    def pool(self, name: str) -> list[Endpoint]:
-        """Backend *name*'s endpoints (one per ``base_url``), created on first use."""
-        pool = self._endpoints.get(name)
-        if pool is None:
-            settings = self.backends.settings
-            pool = []
-            for ctx in self.backends.contexts(name):
-
-                async def probe(ctx: Any = ctx) -> HealthReport:
-                    return await self.backends.health_of(ctx)
-
-                pool.append(
-                    Endpoint(
-                        name,
-                        redact_url(ctx.base_url),
-                        limit=self.backends.concurrency(name),
-                        adaptive=self.backends.adaptive(name),
-                        wait=settings.wait_for_backend,
-                        probe=probe,
-                        listeners=self.listeners,
-                        hint=ctx.hint,
-                        probe_timeout=ctx.settings.connect_timeout + 5.0,
-                        context=ctx,
-                    )
-                )
-            self._endpoints[name] = pool
-        return pool
-
-    def forget_endpoints(self) -> None:
-        """Drop the endpoints (their client closed its contexts); outage history goes with them."""
-        self._endpoints.clear()
-
-    def endpoint(self, name: str) -> Endpoint:
-        """Backend *name*'s first endpoint (its only one unless it is a pool)."""
-        return self.pool(name)[0]
-
-    @property
-    def endpoints(self) -> list[Endpoint]:
-        """Every endpoint made so far."""
-        return [ep for pool in self._endpoints.values() for ep in pool]
-
-    def breaker(self, name: str) -> Breaker:
-        b = self._breakers.get(name)
-        if b is None:
-            r = self.backends.settings.retry
-            b = self._breakers[name] = Breaker(threshold=r.cooldown_after, cooldown=r.cooldown)
-        return b
-
-    def order(self, request: Request) -> list[str]:
-        names = self.backends.backend_order(request.backend)
-        if request.fallback is not None:  # the request's own fallback order replaces the configured one
-            names = list(dict.fromkeys([names[0], *request.fallback]))
-        live = [n for n in names if self.breaker(n).available()]
-        return live or names  # all cooling down: still try rather than fail blind
-
-    def apply_model_policy(self, name: str, request: Request) -> Request:
-        if request.model is None:
-            return request
-        if self.backends.info(name).capabilities.model_switch:
-            return request
-        if self.backends.settings.strict_model:
-            raise BackendRejected(
-                f"{name} backend cannot switch models per request (asked for {request.model!r})",
-                backend=name,
-                hint="drop the per-request model, or unset strict_model to let it use its own model",
-            )
-        if name not in self._warned_model:
-            self._warned_model.add(name)
-            log.warning(
-                "%s cannot switch models per request; using its configured model instead of %r",
-                name,
-                request.model,
-            )
-        return attrs.evolve(request, model=None)
-
-    async def _pick(self, names: list[str], st: _Item) -> tuple[str, Endpoint] | None:
-        """Where the next try goes: the first backend with an endpoint that accepts requests
-        (its least loaded one), else the first endpoint to wait for."""
-        candidates = [n for n in names if not any(n == f for f, _ in st.failures)]
-        if not candidates:
-            return None
-        for name in candidates:
-            pool = self.pool(name)
-            for ep in pool:
-                # nobody waits on an endpoint that is out while another is up: look in passing
-                # (one item at a time, at the prober's backoff), so it rejoins when it is back
-                if ep.probe_due() and await ep.probe():
-                    return name, ep
-            up = [ep for ep in pool if ep.accepting()]
-            if up:
-                return name, _least_loaded(up)
-        for name in candidates:
-            alive = [ep for ep in self.pool(name) if not ep.is_down()]
-            if alive:
-                return name, _least_loaded(alive)
-        return candidates[0], self.pool(candidates[0])[0]
-
-    def _patience(self, names: list[str], name: str, ep: Endpoint) -> float | None:
-        """How long an item waits in *ep*'s queue before it looks again (``None``: as long as it takes).
-
-        A second when *ep* stopped accepting and there is somewhere else to go. And, while a
-        preferred endpoint (of an earlier backend, or another of this pool) is out or paused, until
-        its next probe or the end of its pause: the item then comes back through ``_pick``, which
-        probes it, so the preferred one gets the waiting items back as soon as it is up again, even
-        when every item of the batch is already queued here.
-        """
-        now = time.monotonic()
-        waits: list[float] = []
-        pool = self.pool(name)
-        if (len(names) > 1 or len(pool) > 1) and not ep.accepting():
-            waits.append(1.0)
-        preferred = [e for n in names[: names.index(name)] for e in self.pool(n)]
-        for other in [*preferred, *(e for e in pool if e is not ep)]:
-            if other.state is State.OUT:  # back now to probe it; a second while someone probes it
-                due = other.next_probe - now
-                waits.append(0.0 if other.probe_due() else max(0.05, due) if due > 0 else 1.0)
-            elif other.state is State.PAUSED and other in preferred:
-                waits.append(max(0.05, other.paused_until - now))
-        return min(waits) if waits else None
+class ItemRunner(Routing):
+    """Runs items against the backends of one client (their endpoints and breakers: ``Routing``)."""
 
     # ------------------------------------------------------------ one item
 
@@ -276,7 +119,7 @@ class ItemRunner:
         st = _Item(rid=rid, seq=seq, item=item, start=time.monotonic())
         names = self.order(request)
         while True:
-            picked = await self._pick(names, st)
+            picked = await self._pick(names, {f for f, _ in st.failures})
             if picked is None:
                 return self._failed(st, st.failures[-1][0], self._final_error(st.failures), on_event)
             name, ep = picked
@@ -483,7 +326,7 @@ class ItemRunner:
         st = _Item(rid=request.id or "", seq=0, item=None, start=time.monotonic())
         names = self.order(request)
         while True:
-            picked = await self._pick(names, st)
+            picked = await self._pick(names, {f for f, _ in st.failures})
             if picked is None:
                 raise self._final_error(st.failures)
             name, ep = picked
@@ -549,13 +392,6 @@ def _joined(
             hints.append(exc.hint)
     head = "no backend could answer" + (" (all are down or busy)" if everyone_down else "")
     return cls(head + ":\n" + "\n".join(lines), hint="\n".join(hints) or None)
-
-
-def _least_loaded(eps: list[Endpoint]) -> Endpoint:
-    """The endpoint with the fewest requests in flight and waiting for its current limit."""
-    if len(eps) == 1:
-        return eps[0]
-    return min(eps, key=lambda ep: (ep.in_flight + ep.waiting + 1) / max(1, ep.limit))
 
 
 def _progress_to(on_event: OnEvent | None, rid: str, backend: str, attempt: int) -> Report | None:
