@@ -146,15 +146,21 @@ def assert_rest_complete(got: dict[str, Result], log: list[dict[str, Any]], faul
 # ------------------------------------------------------------------ the server dies mid-batch
 
 
+def _server_and_its_restart(name: str) -> tuple[str, ServerProcess, ServerProcess]:
+    """A fault server's base URL, the process to start first and the one that restarts it there."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(port))
+    first = ServerProcess(argv, ready_url=base + "/health", name=f"{name}-first", ready_timeout=30)
+    second = ServerProcess(argv, ready_url=base + "/health", name=f"{name}-second", ready_timeout=30)
+    return base, first, second
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("down_s", [5.0, 45.0], ids=["5s", "45s"])
 async def test_server_killed_mid_batch_and_restarted(real_sleeps: None, down_s: float) -> None:
     """300 items, the server killed after 100 and back *down_s* later: default settings, nothing lost."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(port))
-    first = ServerProcess(argv, ready_url=base + "/health", name="faulty-first", ready_timeout=30)
-    second = ServerProcess(argv, ready_url=base + "/health", name="faulty-second", ready_timeout=30)
+    base, first, second = _server_and_its_restart("faulty")
     slow_ok = {"fault": "delay", "delay_s": 0.02}
     await anyio.to_thread.run_sync(first.start)
     try:
@@ -583,11 +589,7 @@ async def test_primary_process_killed_and_restarted_with_a_fallback_process(
     """Two server processes: the primary is killed mid-batch and back 3 s later, the fallback (another
     process) is up throughout. Default settings: the fallback takes the items during the outage, the
     primary gets them back once its probe finds it, every item is answered once across both."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    argv = python_argv(SERVERS / "faulty_openai.py", "--port", str(port))
-    first = ServerProcess(argv, ready_url=base + "/health", name="primary-first", ready_timeout=30)
-    second = ServerProcess(argv, ready_url=base + "/health", name="primary-second", ready_timeout=30)
+    base, first, second = _server_and_its_restart("primary")
     slow_ok = {"fault": "delay", "delay_s": 0.05}
     faulty.script([], default=slow_ok)
     backends = {"other": {"base_url": base + "/v1", "model": "primary-vlm"}}

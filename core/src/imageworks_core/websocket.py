@@ -36,7 +36,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from .errors import BackendProtocolError, BackendUnavailable
 from .redact import redact_url
 
-__all__ = ["WebSocket", "connect_websocket", "ws_url"]
+__all__ = ["Messages", "WebSocket", "connect_websocket", "ws_url"]
 
 #: Largest message kept (ComfyUI's previews are sent as binary messages of a few hundred KiB).
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -50,7 +50,23 @@ def ws_url(url: str) -> str:
     return url
 
 
-class WebSocket:
+class Messages:
+    """``async for message in ws``: each message until ``receive()`` says the socket closed."""
+
+    def __aiter__(self) -> Messages:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        message = await self.receive()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def receive(self) -> str | bytes | None:
+        raise NotImplementedError
+
+
+class WebSocket(Messages):
     """An open WebSocket: ``async for message in ws`` gives each message (``str`` or ``bytes``)
     until the server closes it."""
 
@@ -59,15 +75,6 @@ class WebSocket:
         self._conn = conn
         self._url = url
         self._closed = False
-
-    def __aiter__(self) -> WebSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return message
 
     async def receive(self) -> str | bytes | None:
         """The next message; ``None`` once the connection is closed (by either side)."""

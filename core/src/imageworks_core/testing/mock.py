@@ -41,6 +41,7 @@ import attrs
 
 from ..errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
 from ..transport import HttpResponse, Timeouts
+from ..websocket import Messages
 
 __all__ = ["MockRequest", "MockResponse", "MockTransport"]
 
@@ -217,22 +218,13 @@ class MockTransport:
         self.closed = True
 
 
-class _MockWebSocket:
+class _MockWebSocket(Messages):
     """What ``MockTransport.websocket`` yields: the scripted messages, then the close."""
 
     def __init__(self, messages: Iterable[Any] | AsyncIterable[Any]) -> None:
         self._sync = None if isinstance(messages, AsyncIterable) else iter(messages)
         self._async = messages.__aiter__() if isinstance(messages, AsyncIterable) else None
         self.closed = False
-
-    def __aiter__(self) -> _MockWebSocket:
-        return self
-
-    async def __anext__(self) -> str | bytes:
-        message = await self.receive()
-        if message is None:
-            raise StopAsyncIteration
-        return message
 
     async def receive(self) -> str | bytes | None:
         """The next scripted message; ``None`` after the last (the server closed)."""
