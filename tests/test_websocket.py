@@ -86,6 +86,17 @@ async def test_a_refused_upgrade_is_a_protocol_error_naming_the_status(ws_server
     assert "sk-ws-test" not in str(info.value)
 
 
+async def test_an_upgrade_nobody_answers_is_a_protocol_error_after_the_connect_timeout(
+    ws_server: str,
+) -> None:
+    t0 = anyio.current_time()
+    with anyio.fail_after(10), pytest.raises(BackendProtocolError) as info:
+        async with connect_websocket(ws_server + "/hold", connect_timeout=0.5):
+            pass
+    assert "no answer to the WebSocket upgrade within 0.5s" in info.value.message
+    assert anyio.current_time() - t0 < 5
+
+
 async def test_nothing_listening_is_unavailable() -> None:
     base = f"http://127.0.0.1:{free_port()}"
     async with _client(base) as client:

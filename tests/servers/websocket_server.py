@@ -8,12 +8,14 @@ the client's tests: ``python websocket_server.py --port N``.
   pong (reported as a ``pong`` message), then a 200 KiB text message, then closes.
 - ``GET /ws-silent``: accepts and sends nothing until the client goes.
 - ``GET /refuse``: 403 (a proxy that does not pass WebSockets).
+- ``GET /hold``: never answers the upgrade.
 - ``GET /closes``: how many connections the client closed itself (a close frame seen).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 
 from aiohttp import WSMsgType, web
@@ -56,6 +58,11 @@ async def silent_ws(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def hold(request: web.Request) -> web.Response:
+    await asyncio.sleep(3600)  # a proxy that takes the upgrade and never answers
+    return web.Response(status=504)
+
+
 async def refuse(request: web.Request) -> web.Response:
     return web.Response(status=403, text="WebSockets are not allowed here")
 
@@ -73,8 +80,9 @@ def main() -> None:
     app.router.add_get("/ws", comfy_ws)
     app.router.add_get("/ws-silent", silent_ws)
     app.router.add_get("/refuse", refuse)
+    app.router.add_get("/hold", hold)
     app.router.add_get("/closes", count_closes)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=1)
 
 
 if __name__ == "__main__":

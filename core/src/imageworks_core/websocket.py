@@ -167,9 +167,14 @@ async def connect_websocket(
     try:
         netloc = parts.netloc.rpartition("@")[2]
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items() if k.lower() != "host"]
-        with anyio.fail_after(connect_timeout):
-            await stream.send(conn.send(Request(host=netloc, target=target, extra_headers=extra)))
-            await _handshake(stream, conn, shown)
+        try:
+            with anyio.fail_after(connect_timeout):
+                await stream.send(conn.send(Request(host=netloc, target=target, extra_headers=extra)))
+                await _handshake(stream, conn, shown)
+        except TimeoutError as exc:  # connected, but nothing answers the upgrade (a proxy holding it)
+            raise BackendProtocolError(
+                f"{shown}: no answer to the WebSocket upgrade within {connect_timeout:g}s"
+            ) from exc
         yield ws
     finally:
         await ws.aclose()
