@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import read_jsonl, run_cli, show
+from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
 from conftest import require
 from PIL import Image
+from servers._proc import ServerProcess, free_port, python_argv
 
 GOLDEN = Path(__file__).parent / "golden" / "generate-results.jsonl"
 WRITE = os.environ.get("IMAGEWORKS_WRITE_GOLDEN") == "1"
@@ -134,3 +139,56 @@ def _golden(records: list[dict[str, Any]]) -> None:
     if WRITE:
         GOLDEN.write_text(text, encoding="utf-8")
     assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------ ComfyUI over real sockets, on a terminal
+
+
+@pytest.fixture
+def comfyui_server() -> Iterator[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = python_argv(Path(__file__).parent / "servers" / "comfyui_server.py", "--port", str(port))
+    with ServerProcess(argv, ready_url=base + "/system_stats", name="comfyui-shaped", ready_timeout=30):
+        yield base
+
+
+def test_generate_on_comfyui_shows_its_steps_on_the_terminal(tmp_path: Path, comfyui_server: str) -> None:
+    """``imageworks generate --backend comfyui`` at a terminal, against a ComfyUI-shaped aiohttp server
+    (tests/servers/comfyui_server.py): the sampler's steps arrive over ``/ws`` and show as the
+    progress line, the socket and the queued prompt share a client id, the PNG is written."""
+    leader, follower = pty.openpty()
+    args = ["generate", "a lighthouse", "--backend", "comfyui", "--base-url", comfyui_server]
+    proc = subprocess.Popen(
+        cli_argv(*args, "--steps", "6", "--size", "64x48", "--out", str(tmp_path / "out")),
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=follower,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    out = b""
+    try:
+        while select.select([leader], [], [], 60)[0]:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the process ended
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(leader)
+        code = proc.wait(timeout=60)
+    text = out.decode("utf-8", "replace")
+    assert code == 0, text
+    assert "Traceback" not in text
+    steps = re.findall(r"comfyui: step (\d)/6 \(\d+ %\), node 3", text)
+    assert steps == ["1", "2", "3", "4", "5", "6"], text
+    [png] = list((tmp_path / "out").glob("*.png"))
+    with Image.open(png) as image:
+        assert image.size == (64, 48)
+    with urllib.request.urlopen(comfyui_server + "/stats", timeout=5) as resp:
+        stats = json.loads(resp.read())
+    assert stats["prompts"] == 1 and stats["sockets"] == stats["client_ids"]
