@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import time
@@ -127,6 +128,8 @@ def test_a_server_that_never_returns_fails_the_rest_with_exit_3_then_resume(
     assert out.count("has been unavailable") == 1, out
     assert f"start the openai server at {server.base}/v1, e.g.:" in out and "ollama serve" in out, out
     assert f"outages: openai at {server.base}/v1: 1, 0:0" in out, out  # the summary counts it
+    [(ok, failed)] = re.findall(r"^  openai: (\d+) ok, (\d+) failed", out, re.M)
+    assert int(ok) + int(failed) == 40, out  # the backend's line accounts for every image
     records = read_jsonl(tmp_path / "results.jsonl")
     done = {r["image"] for r in records if r["error"] is None}
     failed = {r["image"] for r in records if r["error"] is not None}

@@ -89,7 +89,9 @@ class Summary:
             hint = for_cli(getattr(result.error, "hint", None))
             if hint and hint not in self.hints:
                 self.hints.append(hint)
-            if result.backend and result.attempts:  # input errors never reached a backend
+            # input errors never reached a backend; an item that waited for its backend until it
+            # was given up (BackendDown, maybe without a try) is that backend's failure
+            if result.backend and (result.attempts or isinstance(result.error, BackendDown)):
                 self._failed_backends[result.backend] += 1
 
     def skip(self, image: str, why: str) -> None:
