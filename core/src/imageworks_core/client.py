@@ -13,26 +13,26 @@ per endpoint and one context per backend; nothing is shared between clients.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Literal, Unpack
+from urllib.parse import urlsplit
 
 import attrs
 
+from . import credentials
 from .adaptive import AdaptiveLimit
-from .config import Config, check_values, load_config
+from .client_args import ClientArgs, code_flags
+from .config import Config, load_config
 from .context import BackendContext
 from .errors import BackendRejected, ConfigError, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, PreparedImage, Request, Result
 from .plugins import BackendRegistry, installed_backend_names
-from .redact import is_sensitive_header, register_secret, url_secrets
 from .settings import AUTO, BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 from .transport import Timeouts, Transport, open_transport
 
@@ -47,79 +47,6 @@ __all__ = ["WARMUP_PROMPT", "Client", "ClientArgs"]
 WARMUP_PROMPT = "Reply with OK. (imageworks warm-up)"
 
 log = logging.getLogger("imageworks.client")
-
-
-class ClientArgs(TypedDict, total=False):
-    """The keyword arguments ``Client`` and ``Client.from_config`` share (for type checkers)."""
-
-    backend: str | None
-    base_url: str | None
-    model: str | None
-    api_key: str | Secret | None
-    timeout: float | None
-    concurrency: int | None
-    fallback: Iterable[str] | None
-    max_tokens: int | None
-    temperature: float | None
-    max_pixels: int | None
-    wait_for_backend: float | None
-    transport: Literal["auto", "httpx", "aiohttp"] | Transport | None
-    retry: RetrySettings | None
-    backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None
-    overrides: Mapping[str, Any] | None
-    settings: Settings | None
-    trust_env: bool
-    env: Mapping[str, str] | None
-    plugins: Iterable[Any]
-    entry_points: bool
-    strict_plugins: bool | None
-    allow: Iterable[str] | None
-    deny: Iterable[str] | None
-
-
-def code_flags(
-    overrides: Mapping[str, Any] | None,
-    *,
-    selected: Mapping[str, Any],
-    backends: Mapping[str, BackendSettings | Mapping[str, Any]] | None,
-    retry: RetrySettings | None,
-    fallback: Iterable[str] | None,
-    source: str,
-    **top: Any,
-) -> dict[str, Any]:
-    """The highest config layer from ``Client``'s arguments, each value checked now."""
-    flags: dict[str, Any] = {
-        k: (dict(v) if isinstance(v, Mapping) else v) for k, v in (overrides or {}).items()
-    }
-    where = f"Client(...) ({source})"
-    given = {k: v for k, v in top.items() if v is not None}
-    if fallback is not None:
-        given["fallback"] = (fallback,) if isinstance(fallback, str) else tuple(fallback)
-    check_values(Settings, given, where)
-    flags.update(given)
-    if retry is not None:
-        if not isinstance(retry, RetrySettings):
-            raise ConfigError(f"retry must be a RetrySettings, not {type(retry).__name__}", source=where)
-        flags["retry"] = {**(flags.get("retry") or {}), **attrs.asdict(retry)}
-    chosen = {k: v for k, v in selected.items() if v is not None}
-    if chosen:
-        check_values(BackendSettings, chosen, where, prefix="backends.<backend>.")
-        flags["selected"] = {**(flags.get("selected") or {}), **chosen}
-    if backends:
-        merged = {k: dict(v) for k, v in (flags.get("backends") or {}).items()}
-        for name, value in backends.items():
-            if isinstance(value, BackendSettings):
-                fields = {f.name: getattr(value, f.name) for f in attrs.fields(type(value))}
-            elif isinstance(value, Mapping):
-                fields = dict(value)
-            else:
-                raise ConfigError(
-                    f"backends[{name!r}] must be a BackendSettings or a mapping, not {type(value).__name__}",
-                    source=where,
-                )
-            merged[name] = {**merged.get(name, {}), **fields}
-        flags["backends"] = merged
-    return flags
 
 
 class Client:
@@ -449,56 +376,14 @@ class Client:
         return self.settings.backend_settings(name).concurrency  # layered by load_config
 
     def api_key(self, name: str) -> Secret | None:
-        bs = self.settings.backend_settings(name)
-        if bs.api_key:
-            return bs.api_key
-        if bs.api_key_env:
-            value = self._env.get(bs.api_key_env)
-            if value:
-                return Secret(value)
-        return None
-
-    def _headers(self, name: str) -> dict[str, str]:
-        headers = dict(self.settings.backend_settings(name).headers)
-        for header, value in headers.items():
-            if is_sensitive_header(header):
-                register_secret(value)
-        key = self.api_key(name)
-        if key:
-            headers["Authorization"] = f"Bearer {key.reveal()}"
-        return headers
+        """Backend *name*'s API key: ``api_key``, else the variable ``api_key_env`` names."""
+        return credentials.api_key(self.settings.backend_settings(name), self._env)
 
     def _endpoint(self, name: str, url: str) -> tuple[str, str, dict[str, str]]:
-        """``(base URL without credentials or query, query, headers)`` for backend *name*.
-
-        ``user:password@`` in the URL becomes a Basic ``Authorization`` header
-        (a URL with credentials and another ``Authorization`` header or API key
-        is a configuration error); the query (``?key=...``) is kept and sent
-        with every request.  Both are registered as secrets.
-        """
-        headers = self._headers(name)
-        register_secret(*url_secrets(url))
-        parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:
-            key = f"backends.{name}.base_url"
-            if any(h.lower() == "authorization" for h in headers):
-                raise ConfigError(
-                    f"the {name} base URL carries credentials (user:password@) and an Authorization "
-                    "header or API key is set too; only one can be sent",
-                    source=self.config.sources.get(key),
-                    key=key,
-                    hint="drop the user:password@ part of the URL, or the api_key / api_key_env / "
-                    "Authorization header",
-                )
-            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-            token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
-            headers["Authorization"] = f"Basic {token}"
-            register_secret(headers["Authorization"])
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", "")), parts.query, headers
+        """``(base URL without credentials or query, query, headers)`` for backend *name* at *url*."""
+        headers = credentials.request_headers(self.settings.backend_settings(name), self._env)
+        key = f"backends.{name}.base_url"
+        return credentials.split_endpoint(name, url, headers, source=self.config.sources.get(key))
 
     def _pool(self, base_url: str, concurrency: int) -> Transport:
         parts = urlsplit(base_url)
