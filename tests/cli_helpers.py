@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,21 @@ def read_jsonl(path: Path, *, skip_broken: bool = False) -> list[dict[str, Any]]
 def backend_args(faulty: Any) -> list[str]:
     """Flags pointing the generic backend at the fault server."""
     return ["--vlm-backend", "openai", "--vlm-base-url", faulty.v1, "--vlm-model", "fake-vlm"]
+
+
+def read_until_closed(leader: int, timeout: float = 60) -> bytes:
+    """All a program wrote to a pseudo-terminal, until it closed its end (or *timeout* seconds of
+    silence); closes *leader*."""
+    out = b""
+    try:
+        while select.select([leader], [], [], timeout)[0]:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the other end closed: the program ended
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(leader)
+    return out

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import backend_args, cli_argv, cli_env, run_cli, show
+from cli_helpers import backend_args, cli_argv, cli_env, read_until_closed, run_cli, show
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 CHAT = "/v1/chat/completions"
@@ -102,21 +101,9 @@ def _run_in_terminal(cwd: Path, *args: str, env: dict[str, str] | None = None) -
         stdin=subprocess.DEVNULL,
     )
     os.close(follower)
-    out = b""
     try:
-        while True:
-            ready, _, _ = select.select([leader], [], [], 60)
-            if not ready:
-                break
-            try:
-                data = os.read(leader, 4096)
-            except OSError:  # the follower closed: the process ended
-                break
-            if not data:
-                break
-            out += data
+        out = read_until_closed(leader)
     finally:
-        os.close(leader)
         code = proc.wait(timeout=60)
         assert proc.stderr is not None
         err = proc.stderr.read().decode()

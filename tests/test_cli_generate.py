@@ -11,7 +11,6 @@ import json
 import os
 import pty
 import re
-import select
 import shutil
 import subprocess
 import urllib.request
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import cli_argv, cli_env, read_jsonl, run_cli, show
+from cli_helpers import cli_argv, cli_env, read_jsonl, read_until_closed, run_cli, show
 from conftest import require
 from PIL import Image
 from servers._proc import ServerProcess, free_port, python_argv
@@ -168,18 +167,9 @@ def test_generate_on_comfyui_shows_its_steps_on_the_terminal(tmp_path: Path, com
         stdin=subprocess.DEVNULL,
     )
     os.close(follower)
-    out = b""
     try:
-        while select.select([leader], [], [], 60)[0]:
-            try:
-                data = os.read(leader, 4096)
-            except OSError:  # the process ended
-                break
-            if not data:
-                break
-            out += data
+        out = read_until_closed(leader)
     finally:
-        os.close(leader)
         code = proc.wait(timeout=60)
     text = out.decode("utf-8", "replace")
     assert code == 0, text

@@ -151,10 +151,9 @@ def test_cli_generate_shows_the_steps_on_a_terminal(tiny_sd: Path, tmp_path: Pat
     """stderr on a pseudo-terminal: one line per step, rewritten in place, cleared at the end."""
     import os
     import pty
-    import select
     import subprocess
 
-    from cli_helpers import cli_argv, cli_env
+    from cli_helpers import cli_argv, cli_env, read_until_closed
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[backends.diffusers]\nmodel = "{tiny_sd}"\ndevice = "cpu"\nlocal_files_only = true\n')
@@ -170,23 +169,15 @@ def test_cli_generate_shows_the_steps_on_a_terminal(tiny_sd: Path, tmp_path: Pat
         stdin=subprocess.DEVNULL,
     )
     os.close(follower)
-    err = b""
     try:
-        while select.select([leader], [], [], 300)[0]:
-            try:
-                data = os.read(leader, 4096)
-            except OSError:  # the process ended
-                break
-            if not data:
-                break
-            err += data
+        err = read_until_closed(leader, timeout=300)
     finally:
-        os.close(leader)
-        assert proc.wait(timeout=60) == 0, err
+        code = proc.wait(timeout=60)
         assert proc.stdout is not None
         out = proc.stdout.read().decode()
         proc.stdout.close()
     text = err.decode()
+    assert code == 0, text
     assert out.split() == ["a-chart_001.png"]
     for step in (1, 2, 3):
         assert f"\r\x1b[2Kdiffusers: step {step}/3 ({100 * step // 3} %)" in text, text

@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .byok import caller_key
 from .errors import (
@@ -26,7 +26,9 @@ from .errors import (
     redact_url,
 )
 from .transport import HttpResponse, StreamResponse, Timeouts, Transport
-from .websocket import WebSocket
+
+if TYPE_CHECKING:
+    from .websocket import WebSocket
 
 __all__ = [
     "HttpClient",

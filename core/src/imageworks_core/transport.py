@@ -13,12 +13,14 @@ import contextlib
 import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
 from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
-from .websocket import WebSocket, connect_websocket
+
+if TYPE_CHECKING:
+    from .websocket import WebSocket
 
 __all__ = ["HttpResponse", "StreamResponse", "Timeouts", "Transport", "open_transport"]
 
@@ -91,6 +93,8 @@ class _WebSockets:
     def websocket(
         self, url: str, *, headers: Mapping[str, str], timeouts: Timeouts
     ) -> contextlib.AbstractAsyncContextManager[WebSocket]:
+        from .websocket import connect_websocket  # wsproto: loaded by the plugins that use it
+
         tls = ssl_context(self._trust_env) if url.startswith(("https://", "wss://")) else None
         return connect_websocket(url, headers=headers, connect_timeout=timeouts.connect, tls=tls)
 
