@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import select
 import shutil
 import subprocess
@@ -88,7 +89,35 @@ def backend_args(faulty: Any) -> list[str]:
     return ["--vlm-backend", "openai", "--vlm-base-url", faulty.v1, "--vlm-model", "fake-vlm"]
 
 
-def read_until_closed(leader: int, timeout: float = 60) -> bytes:
+def run_in_terminal(
+    cwd: Path, *args: str, on_terminal: str = "stdout", env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run the CLI with *on_terminal* (``stdout``, ``stderr`` or ``both``) on a pseudo-terminal, as a
+    user at a shell sees it: ``(exit code, what the terminal showed, the other stream)``."""
+    leader, follower = pty.openpty()
+    piped = {"stdout": "stderr", "stderr": "stdout"}.get(on_terminal)
+    proc = subprocess.Popen(
+        cli_argv(*args),
+        cwd=cwd,
+        env=cli_env(cwd, **(env or {})),
+        stdout=subprocess.PIPE if piped == "stdout" else follower,
+        stderr=subprocess.PIPE if piped == "stderr" else follower,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    other = b""
+    try:
+        shown = _read_until_closed(leader, timeout)
+    finally:
+        code = proc.wait(timeout=60)
+        stream = proc.stdout if piped == "stdout" else proc.stderr
+        if stream is not None:
+            other = stream.read()
+            stream.close()
+    return code, shown.decode("utf-8", "replace"), other.decode("utf-8", "replace")
+
+
+def _read_until_closed(leader: int, timeout: float) -> bytes:
     """All a program wrote to a pseudo-terminal, until it closed its end (or *timeout* seconds of
     silence); closes *leader*."""
     out = b""

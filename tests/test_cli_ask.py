@@ -8,14 +8,11 @@ and the exit codes of the other commands.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import backend_args, cli_argv, cli_env, read_until_closed, run_cli, show
+from cli_helpers import backend_args, run_cli, run_in_terminal, show
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 CHAT = "/v1/chat/completions"
@@ -90,26 +87,10 @@ def test_hostile_text_cannot_drive_the_terminal(faulty: Any, tmp_path: Path) -> 
 
 
 def _run_in_terminal(cwd: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run the CLI with stdout on a pseudo-terminal (as a user at a shell); its exit code and output."""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        cli_argv(*args),
-        cwd=cwd,
-        env=cli_env(cwd, **(env or {})),
-        stdout=follower,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    os.close(follower)
-    try:
-        out = read_until_closed(leader)
-    finally:
-        code = proc.wait(timeout=60)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        proc.stderr.close()
+    """The CLI with stdout on a pseudo-terminal: its exit code and what the terminal showed."""
+    code, out, err = run_in_terminal(cwd, *args, env=env)
     assert "Traceback" not in err and "ResourceWarning" not in err, err
-    return code, out.decode().replace("\r\n", "\n")
+    return code, out.replace("\r\n", "\n")
 
 
 def test_ask_streams_to_a_terminal(faulty: Any, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import cli_argv, cli_env, read_jsonl, read_until_closed, run_cli, show
+from cli_helpers import read_jsonl, run_cli, run_in_terminal, show
 from conftest import require
 from PIL import Image
 from servers._proc import ServerProcess, free_port, python_argv
@@ -156,22 +155,9 @@ def test_generate_on_comfyui_shows_its_steps_on_the_terminal(tmp_path: Path, com
     """``imageworks generate --backend comfyui`` at a terminal, against a ComfyUI-shaped aiohttp server
     (tests/servers/comfyui_server.py): the sampler's steps arrive over ``/ws`` and show as the
     progress line, the socket and the queued prompt share a client id, the PNG is written."""
-    leader, follower = pty.openpty()
     args = ["generate", "a lighthouse", "--backend", "comfyui", "--base-url", comfyui_server]
-    proc = subprocess.Popen(
-        cli_argv(*args, "--steps", "6", "--size", "64x48", "--out", str(tmp_path / "out")),
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=follower,
-        stderr=follower,
-        stdin=subprocess.DEVNULL,
-    )
-    os.close(follower)
-    try:
-        out = read_until_closed(leader)
-    finally:
-        code = proc.wait(timeout=60)
-    text = out.decode("utf-8", "replace")
+    args += ["--steps", "6", "--size", "64x48", "--out", str(tmp_path / "out")]
+    code, text, _ = run_in_terminal(tmp_path, *args, on_terminal="both")
     assert code == 0, text
     assert "Traceback" not in text
     steps = re.findall(r"comfyui: step (\d)/6 \(\d+ %\), node 3", text)

@@ -149,34 +149,14 @@ async def test_each_step_is_a_progress_event_on_the_event_loop(tiny_sd: Path) ->
 
 def test_cli_generate_shows_the_steps_on_a_terminal(tiny_sd: Path, tmp_path: Path) -> None:
     """stderr on a pseudo-terminal: one line per step, rewritten in place, cleared at the end."""
-    import os
-    import pty
-    import subprocess
-
-    from cli_helpers import cli_argv, cli_env, read_until_closed
+    from cli_helpers import run_in_terminal
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[backends.diffusers]\nmodel = "{tiny_sd}"\ndevice = "cpu"\nlocal_files_only = true\n')
-    argv = cli_argv("generate", "a chart", "--backend", "diffusers", "--config", str(cfg), "--steps", "3")
-    leader, follower = pty.openpty()
-    argv += ["--size", "32x32", "--seed", "1"]
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        env=cli_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        stdin=subprocess.DEVNULL,
+    args = ["generate", "a chart", "--backend", "diffusers", "--config", str(cfg), "--steps", "3"]
+    code, text, out = run_in_terminal(
+        tmp_path, *args, "--size", "32x32", "--seed", "1", on_terminal="stderr", timeout=300
     )
-    os.close(follower)
-    try:
-        err = read_until_closed(leader, timeout=300)
-    finally:
-        code = proc.wait(timeout=60)
-        assert proc.stdout is not None
-        out = proc.stdout.read().decode()
-        proc.stdout.close()
-    text = err.decode()
     assert code == 0, text
     assert out.split() == ["a-chart_001.png"]
     for step in (1, 2, 3):

@@ -57,6 +57,29 @@ def _endpoint(prober: Prober, events: list[Event], *, limit: int = 8, wait: floa
     return ep
 
 
+async def _items(
+    ep: Endpoint, priorities: list[int], *, hold: float = 0.002, paced: bool = False
+) -> list[tuple[int, int]]:
+    """One item per priority waits for a slot, holds it *hold* seconds, succeeds; ``(priority,
+    requests in flight when it got its slot)`` in the order the slots were given."""
+    granted: list[tuple[int, int]] = []
+
+    async def item(priority: int) -> None:
+        assert await ep.acquire(priority)
+        granted.append((priority, ep.in_flight))
+        await anyio.sleep(hold)
+        ep.success()
+        ep.release()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for priority in priorities:
+                tg.start_soon(item, priority)
+                if paced:  # each one queued before the next arrives
+                    await anyio.sleep(0)
+    return granted
+
+
 async def test_one_prober_backs_off_exponentially_up_to_the_cap_while_items_wait() -> None:
     prober = Prober(failures=7)
     events: list[Event] = []
@@ -64,16 +87,7 @@ async def test_one_prober_backs_off_exponentially_up_to_the_cap_while_items_wait
     assert ep.failure(BackendUnavailable("connection refused"))
     assert ep.state is State.OUT and ep.limit == 1
 
-    async def item(priority: int) -> None:
-        assert await ep.acquire(priority)
-        await anyio.sleep(0.002)
-        ep.success()
-        ep.release()
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            for priority in range(40):  # 40 items wait on one outage
-                tg.start_soon(item, priority)
+    await _items(ep, list(range(40)))  # 40 items wait on one outage
     assert prober.peak == 1, "two probes ran at once"
     assert len(prober.times) == 8  # 7 failed probes, the 8th found it back
     gaps = [b - a for a, b in zip(prober.times, prober.times[1:], strict=False)]
@@ -96,21 +110,8 @@ async def test_waiters_go_back_in_their_original_order() -> None:
     """Items that waited out the outage (arriving in any order) go in their queue order (one slot)."""
     ep = _endpoint(Prober(failures=2), [], limit=1)
     ep.failure(BackendUnavailable("connection refused"))
-    granted: list[int] = []
-
-    async def item(priority: int) -> None:
-        assert await ep.acquire(priority)
-        granted.append(priority)
-        await anyio.sleep(0.001)
-        ep.success()
-        ep.release()
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            for priority in PRIORITIES:
-                tg.start_soon(item, priority)
-                await anyio.sleep(0)
-    assert granted == sorted(PRIORITIES)
+    granted = await _items(ep, PRIORITIES, hold=0.001, paced=True)
+    assert [p for p, _ in granted] == sorted(PRIORITIES)
 
 
 async def test_slots_ramp_up_from_one_after_an_outage() -> None:
@@ -118,20 +119,7 @@ async def test_slots_ramp_up_from_one_after_an_outage() -> None:
     events: list[Event] = []
     ep = _endpoint(prober, events, limit=8)
     ep.failure(BackendUnavailable("connection refused"))
-    granted: list[tuple[int, int]] = []  # (priority, requests in flight when it was let through)
-
-    async def item(priority: int) -> None:
-        assert await ep.acquire(priority)
-        granted.append((priority, ep.in_flight))
-        await anyio.sleep(0.01)
-        ep.success()
-        ep.release()
-
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            for priority in PRIORITIES:
-                tg.start_soon(item, priority)
-                await anyio.sleep(0)
+    granted = await _items(ep, PRIORITIES, hold=0.01, paced=True)
     in_flight = [n for _, n in granted]
     assert in_flight[0] == 1  # one request first, to see it really is back
     assert all(n <= i + 1 for i, n in enumerate(in_flight)), in_flight  # never more than earned

@@ -12,7 +12,7 @@ import email.utils
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .byok import caller_key
@@ -246,6 +246,17 @@ class HttpClient:
             exc.args = (exc.message if exc.hint is None else f"{exc.message}\n  hint: {exc.hint}",)
         return exc
 
+    @contextlib.contextmanager
+    def _named(self, url: str) -> Iterator[None]:
+        """A transport error raised inside is raised again named by this backend (``_enrich``)."""
+        try:
+            yield
+        except BackendError as exc:
+            enriched = self._enrich(exc, url)
+            if enriched is exc:
+                raise
+            raise enriched from exc.__cause__
+
     def _with_caller_key(self, headers: dict[str, str]) -> dict[str, str]:
         """*headers* with a gateway caller's own key for this backend, when one is set (``byok``)."""
         key = caller_key(self.backend)
@@ -277,12 +288,10 @@ class HttpClient:
         if headers:
             hdrs = {**hdrs, **headers}
         hdrs = self._with_caller_key(hdrs)
-        try:
+        with self._named(url):
             resp = await self.transport.request(
                 method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             )
-        except BackendError as exc:
-            raise self._enrich(exc, url) from exc.__cause__
         if 300 <= resp.status < 400:
             raise redirect_error(resp.status, resp.headers, backend=self.backend, url=url)
         return resp
@@ -334,7 +343,7 @@ class HttpClient:
         url = self.url(path)
         hdrs = {**self._json_headers, "Accept": "text/event-stream"} if body is not None else self._headers
         hdrs = self._with_caller_key(hdrs)
-        try:
+        with self._named(url):
             async with self.transport.stream(
                 method, self._sent(url), headers=hdrs, body=body, timeouts=self._timeouts(timeout)
             ) as resp:
@@ -346,11 +355,6 @@ class HttpClient:
                 if 300 <= resp.status < 400:
                     raise redirect_error(resp.status, resp.headers, backend=self.backend, url=url)
                 yield resp
-        except BackendError as exc:
-            enriched = self._enrich(exc, url)
-            if enriched is exc:
-                raise
-            raise enriched from exc.__cause__
 
     @contextlib.asynccontextmanager
     async def websocket(self, path: str) -> AsyncIterator[WebSocket]:
@@ -363,16 +367,11 @@ class HttpClient:
             BackendProtocolError: The server refused the upgrade (e.g. a proxy without WebSockets).
         """
         url = self.url(path)
-        try:
+        with self._named(url):
             async with self.transport.websocket(
                 self._sent(url), headers=self._with_caller_key(self._headers), timeouts=self.timeouts
             ) as ws:
                 yield ws
-        except BackendError as exc:
-            enriched = self._enrich(exc, url)
-            if enriched is exc:
-                raise
-            raise enriched from exc.__cause__
 
 
 def iter_sse_data(resp: StreamResponse, *, backend: str, url: str) -> AsyncIterator[Any]:
