@@ -19,6 +19,7 @@ from PIL import Image
 from imageworks_core import BackendRejected, Client, PreparedImage, Request
 from imageworks_core.backends.openai import MB, PRESETS, QUIRKS
 from imageworks_core.backends.openai import plugin as openai_plugin
+from imageworks_core.testing import MockRequest, MockResponse, MockTransport
 
 CHAT = "/v1/chat/completions"
 MODEL = "fake-vlm"
@@ -177,3 +178,55 @@ async def test_anthropic_model_list_gets_anthropic_headers(
     async with _client("chutes", faulty.base_url, model=None) as client:
         report = await client.health()  # any other preset: the plain OpenAI route, so the 401 shows
         assert not report.ready
+
+
+@pytest.mark.anyio
+async def test_anthropic_model_list_reads_every_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic pages /v1/models (20 a page unless ``limit`` says up to 1000; ``has_more`` and
+    ``last_id`` -> ``after_id``): a configured model on a later page is still served."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-preset-key-93b1")
+    newest = [f"claude-new-{n}" for n in range(3)]
+    older = ["claude-old-1", "claude-haiku-4-5"]
+    asked: list[dict[str, str]] = []
+
+    def handle(request: MockRequest) -> MockResponse:
+        if request.path == "/v1/models":
+            asked.append(request.query)
+            assert request.headers["x-api-key"] == "sk-ant-test-preset-key-93b1"
+            assert request.headers["anthropic-version"] == "2023-06-01"
+            ids = older if request.query.get("after_id") == newest[-1] else newest
+            return MockResponse.json(
+                {
+                    "data": [{"type": "model", "id": i, "display_name": i} for i in ids],
+                    "has_more": ids is newest,
+                    "first_id": ids[0],
+                    "last_id": ids[-1],
+                }
+            )
+        assert request.path == CHAT, request
+        assert request.json()["model"] == "claude-haiku-4-5"
+        return MockResponse.json(
+            {
+                "id": "msg_1",
+                "object": "chat.completion",
+                "model": "claude-haiku-4-5",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}
+                ],
+            }
+        )
+
+    settings = {"preset": "anthropic", "model": "claude-haiku-4-5"}
+    async with Client(
+        backend="openai",
+        overrides={"max_tokens": 16, "backends": {"openai": settings}},
+        transport=MockTransport(handle),
+        user_file=False,
+        project_file=False,
+        allow=["openai"],
+    ) as client:
+        report = await client.health()
+        assert report.ready, report
+        assert report.models == (*newest, *older)
+        assert (await client.infer(Request(prompt="hi"))).text == "Hi."
+    assert asked[:2] == [{"limit": "1000"}, {"limit": "1000", "after_id": newest[-1]}]

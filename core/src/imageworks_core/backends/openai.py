@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import attrs
 
@@ -48,6 +49,9 @@ PRESETS: dict[str, tuple[str, str | None]] = {
 MB = 1024 * 1024
 #: The ``anthropic-version`` header Anthropic's native routes (``/v1/models``) require.
 ANTHROPIC_VERSION = "2023-06-01"
+#: Anthropic's ``/v1/models`` page size (its most; the default is 20) and the most pages read.
+ANTHROPIC_PAGE = 1000
+ANTHROPIC_MAX_PAGES = 10
 
 
 @attrs.frozen(slots=True)
@@ -188,25 +192,41 @@ class OpenAIBackend(OpenAICompatBackend, OpenAIImagesMixin):
         return body
 
     async def list_models(self, ctx: BackendContext) -> tuple[list[str], list[Mapping[str, Any]]]:
-        """Anthropic's ``/v1/models`` is its native route: it also gets Anthropic's own auth headers."""
+        """Anthropic's ``/v1/models`` is its native route: Anthropic's own auth headers, and pages.
+
+        It answers 20 models a page unless asked for up to 1000, newest first, with
+        ``has_more``/``last_id`` for the next page (``after_id``): every page is read
+        (at most ``ANTHROPIC_MAX_PAGES``), so an older configured model is still found.
+        """
         if getattr(ctx.settings, "preset", None) != "anthropic":
             return await super().list_models(ctx)
         url = self.api(ctx, "models")
         settings = ctx.settings
         key = settings.api_key.reveal() if settings.api_key else os.environ.get(settings.api_key_env or "")
         headers = {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": key} if key else {})}
-        resp = await ctx.http.request("GET", url, headers=headers)
-        if resp.status >= 400:
-            raise ctx.http.error(resp, url)
-        try:
-            entries = json.loads(resp.body).get("data")
-        except (ValueError, AttributeError):
-            entries = None
-        if not isinstance(entries, list):
-            raise BackendProtocolError(
-                f"{ctx.name}: /models answered without a 'data' list: {resp.body[:200]!r}", backend=ctx.name
-            )
-        entries = [e for e in entries if isinstance(e, Mapping) and isinstance(e.get("id"), str)]
+        entries: list[Mapping[str, Any]] = []
+        after: str | None = None
+        for _ in range(ANTHROPIC_MAX_PAGES):
+            query = {"limit": str(ANTHROPIC_PAGE), **({"after_id": after} if after else {})}
+            page_url = f"{url}?{urlencode(query)}"
+            resp = await ctx.http.request("GET", page_url, headers=headers)
+            if resp.status >= 400:
+                raise ctx.http.error(resp, page_url)
+            try:
+                page = json.loads(resp.body)
+            except ValueError:
+                page = None
+            data = page.get("data") if isinstance(page, Mapping) else None
+            if not isinstance(data, list):
+                raise BackendProtocolError(
+                    f"{ctx.name}: /models answered without a 'data' list: {resp.body[:200]!r}",
+                    backend=ctx.name,
+                )
+            entries += [e for e in data if isinstance(e, Mapping) and isinstance(e.get("id"), str)]
+            last = page.get("last_id")
+            if page.get("has_more") is not True or not isinstance(last, str) or not last or last == after:
+                break
+            after = last
         return [e["id"] for e in entries], entries
 
 
