@@ -33,7 +33,9 @@ from imageworks_core.errors import (
     BackendUnavailable,
 )
 from imageworks_core.http import HttpClient, error_from_response, extract_error_message, iter_sse_data
-from imageworks_core.transport import AiohttpTransport, HttpxTransport, Timeouts, Transport, open_transport
+from imageworks_core.transport import Timeouts, Transport, open_transport
+from imageworks_core.transport_aiohttp import AiohttpTransport
+from imageworks_core.transport_httpx import HttpxTransport
 
 pytestmark = [pytest.mark.anyio, pytest.mark.server]
 
