@@ -12,7 +12,7 @@ from typing import Any, Literal, TypedDict
 
 import attrs
 
-from .config import check_values
+from .config_values import check_values
 from .errors import ConfigError
 from .settings import BackendSettings, RetrySettings, Secret, Settings
 from .transport import Transport

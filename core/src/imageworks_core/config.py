@@ -7,40 +7,32 @@ per-request values (on ``Request``).  Legacy Colour Narrator keys
 (``[tool.imageworks.color_narrator]`` ``vlm_*`` and
 ``IMAGEWORKS_COLOR_NARRATOR__VLM_*``) are read inside their layer, below that
 layer's new keys.  Every value remembers where it came from (``config show``).
+
+The sources are read into layers by ``config_layers``; ``config_values`` turns
+the winning values into typed settings; this module stacks the layers.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
-import tomllib
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from .config_layers import Layer, env_layers, file_layers, find_pyproject, read_toml
+from .config_values import build_settings
 from .errors import ConfigError
 from .redact import is_sensitive_header, redact_headers, redact_url, register_secret, scrub, url_secrets
 from .settings import BackendSettings, RetrySettings, Secret, Settings, split_base_urls
 
-__all__ = ["Config", "check_values", "load_config", "tool_sections", "user_config_path"]
+__all__ = ["Config", "load_config", "tool_sections", "user_config_path"]
 
 log = logging.getLogger("imageworks.config")
 
-_PLUGIN_ENV = {"IMAGEWORKS_STRICT_PLUGINS", "IMAGEWORKS_BACKENDS_ALLOW", "IMAGEWORKS_BACKENDS_DENY"}
-_OTHER_ENV = {"IMAGEWORKS_CONFIG_FILE", "IMAGEWORKS_LOG_LEVEL"}
-_LEGACY_GLOBAL = {"vlm_backend": "backend", "vlm_max_tokens": "max_tokens", "vlm_temperature": "temperature"}
-_LEGACY_SELECTED = {
-    "vlm_base_url": "base_url",
-    "vlm_model": "model",
-    "vlm_timeout": "timeout",
-    "vlm_api_key": "api_key",
-}
 _SELECTED_KEYS = {"base_url", "model", "timeout", "api_key", "api_key_env", "concurrency"}
 
 
@@ -111,261 +103,6 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-# ------------------------------------------------------------------ layers
-
-
-@attrs.define
-class _Layer:
-    source: str
-    values: dict[str, Any]  # top-level keys, "retry" and "backends" as dicts
-    selected: dict[str, Any] = attrs.Factory(dict)  # keys for "the selected backend"
-    legacy_backend: str | None = None
-    from_env: bool = False
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"malformed TOML: {exc}",
-            source=str(path),
-            hint="fix the syntax error at the line and column named",
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(path)) from None
-
-
-def _find_pyproject(start: Path) -> tuple[Path, dict[str, Any]] | None:
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            data = _read_toml(candidate)
-            section = data.get("tool", {}).get("imageworks")
-            if section is not None:
-                if not isinstance(section, dict):
-                    raise ConfigError("[tool.imageworks] must be a table", source=str(candidate))
-                return candidate, section
-    return None
-
-
-def _split_legacy(
-    section: dict[str, Any], source: str, backend_names: Iterable[str], from_env: bool
-) -> _Layer:
-    """Translate legacy Colour Narrator ``vlm_*`` keys into a layer."""
-    layer = _Layer(source=f"{source} (legacy color_narrator)", values={}, from_env=from_env)
-    names = sorted(backend_names, key=len, reverse=True)
-    for key, value in section.items():
-        k = key.lower()
-        if not k.startswith("vlm_"):
-            continue  # Colour Narrator's own settings, not ours
-        if k in _LEGACY_GLOBAL:
-            layer.values[_LEGACY_GLOBAL[k]] = value
-            if k == "vlm_backend":
-                layer.legacy_backend = str(value)
-        elif k in _LEGACY_SELECTED:
-            layer.selected[_LEGACY_SELECTED[k]] = value
-        else:
-            rest = k[4:]
-            for name in names:
-                prefix = name.replace("-", "_") + "_"
-                if rest.startswith(prefix):
-                    layer.values.setdefault("backends", {}).setdefault(name, {})[rest[len(prefix) :]] = value
-                    break
-            else:
-                log.warning("ignoring legacy key %s in %s: no installed backend matches it", key, source)
-    return layer
-
-
-def _file_layers(
-    path: Path, section: dict[str, Any], label: str, backend_names: Iterable[str]
-) -> list[_Layer]:
-    section = dict(section)
-    legacy = section.pop("color_narrator", None)
-    layers = []
-    if isinstance(legacy, dict):
-        layers.append(_split_legacy(legacy, label, backend_names, from_env=False))
-    layers.append(_Layer(source=label, values=section))
-    return layers
-
-
-def _env_layers(env: Mapping[str, str], backend_names: Iterable[str]) -> list[_Layer]:
-    names = {n.replace("-", "_").upper(): n for n in backend_names}
-    new = _Layer(source="env", values={}, from_env=True)
-    legacy_section: dict[str, str] = {}
-    top = {f.name.upper(): f.name for f in attrs.fields(Settings) if f.name not in ("retry", "backends")}
-    retry = {f.name.upper(): f.name for f in attrs.fields(RetrySettings)}
-    for var in sorted(env):
-        if not var.startswith("IMAGEWORKS_") or var in _PLUGIN_ENV or var in _OTHER_ENV:
-            continue
-        value = env[var]
-        rest = var[len("IMAGEWORKS_") :]
-        parts = rest.split("__")
-        if parts[0] == "COLOR_NARRATOR" and len(parts) == 2:
-            legacy_section[parts[1].lower()] = value
-        elif len(parts) == 1 and rest in top:
-            new.values[top[rest]] = (value, var)
-        elif parts[0] == "RETRY" and len(parts) == 2 and parts[1] in retry:
-            new.values.setdefault("retry", {})[retry[parts[1]]] = (value, var)
-        elif parts[0] == "BACKENDS" and len(parts) == 3:
-            name = names.get(parts[1], parts[1].lower())
-            new.values.setdefault("backends", {}).setdefault(name, {})[parts[2].lower()] = (value, var)
-        elif len(parts) > 1:
-            continue  # another ImageWorks tool's namespace
-        else:
-            known = [f"IMAGEWORKS_{k}" for k in top]
-            close = difflib.get_close_matches(var, known, n=1, cutoff=0.85)
-            if not close:
-                log.debug("ignoring %s: not an imageworks backends setting", var)
-                continue  # other ImageWorks tools share the prefix
-            raise ConfigError(
-                f"unknown environment variable {var}; did you mean {close[0]}?",
-                source=f"env {var}",
-                hint="known: "
-                + ", ".join(sorted(known))
-                + ", IMAGEWORKS_BACKENDS__<NAME>__<KEY>, IMAGEWORKS_RETRY__<KEY>",
-            )
-    layers = []
-    if legacy_section:
-        legacy = _split_legacy(
-            legacy_section, "env IMAGEWORKS_COLOR_NARRATOR__*", names.values(), from_env=True
-        )
-        layers.append(legacy)
-    layers.append(new)
-    return layers
-
-
-# ------------------------------------------------------------------ coercion
-
-
-def _type_name(tp: Any) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-    if tp in names:
-        return names[tp]
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is tuple:
-        return "a list of strings"
-    if origin in (Mapping, dict) or tp in (dict,):
-        return "a table"
-    if tp is Secret:
-        return "a string"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, *, key: str, source: str, from_env: bool) -> Any:
-    def bad(extra: str = "") -> ConfigError:
-        shown = "***" if "api_key" in key else repr(value)
-        return ConfigError(f"expected {_type_name(tp)} for {key}, got {shown}{extra}", source=source, key=key)
-
-    if key.endswith("base_url") and isinstance(value, list | tuple):  # a pool: base_url = ["u1", "u2"]
-        if not value or not all(isinstance(v, str) for v in value):
-            raise bad(" (a URL, or a list of URLs)")
-        value = ",".join(value)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (from_env and value == ""):
-            return None
-        for arg in args[:-1]:  # the first type that takes it (``int | str``: "8" is 8, "auto" stays)
-            try:
-                return _coerce(value, arg, key=key, source=source, from_env=from_env)
-            except ConfigError:
-                continue
-        return _coerce(value, args[-1], key=key, source=source, from_env=from_env)
-    if tp is Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str):
-            raise bad()
-        return Secret(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str):
-            v = value.strip().lower()
-            if v in ("1", "true", "yes", "on"):
-                return True
-            if v in ("0", "false", "no", "off", ""):
-                return False
-        raise bad()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_env and isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_env and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
-    if origin is tuple:
-        if from_env and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise bad()
-    if origin in (Mapping, dict) or tp is dict:
-        if from_env and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                raise bad(" (environment values for tables are JSON objects)") from None
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise bad()
-    return value  # pragma: no cover - a field type this module does not know
-
-
-def _build(cls: type, values: Mapping[str, tuple[Any, str, bool]], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls)}
-    kwargs = {}
-    for k, (value, source, from_env) in values.items():
-        key = f"{prefix}{k}"
-        if k not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(
-                f"unknown key {key!r}", source=source, key=key, hint=f"known keys here: {known}"
-            )
-        kwargs[k] = _coerce(value, hints[k], key=key, source=source, from_env=from_env)
-        check = fields[k].validator
-        what = getattr(check, "what", None)
-        if what is not None and check is not None:
-            try:
-                check(None, fields[k], kwargs[k])
-            except (TypeError, ValueError):
-                raise ConfigError(f"{key} must be {what}, got {value!r}", source=source, key=key) from None
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid settings for {prefix.rstrip('.') or 'imageworks'}: {exc}") from None
-
-
-def check_values(cls: type, values: Mapping[str, Any], source: str, prefix: str = "") -> None:
-    """Raise ``ConfigError`` now for a value given in code that *cls* would refuse."""
-    _build(cls, {k: (v, source, False) for k, v in values.items()}, prefix)
-    transport = values.get("transport") if cls is Settings else None
-    if transport is not None and transport not in ("auto", "httpx", "aiohttp"):
-        raise ConfigError(
-            f"transport must be auto, httpx or aiohttp, got {transport!r}", source=source, key="transport"
-        )
-
-
 # ------------------------------------------------------------------ load
 
 
@@ -404,22 +141,22 @@ def load_config(
     """
     env = os.environ if env is None else env
     names = set(settings_classes)
-    layers: list[_Layer] = []
+    layers: list[Layer] = []
     files: list[Path] = []
     if user_file:
         path = user_config_path(env) if user_file is True else Path(user_file)
         if path.is_file():
             files.append(path)
-            layers += _file_layers(path, _read_toml(path), str(path), names)
+            layers += file_layers(path, read_toml(path), str(path), names)
     if project_file:
-        found = _find_pyproject(Path(cwd or os.getcwd()).resolve())
+        found = find_pyproject(Path(cwd or os.getcwd()).resolve())
         if found is not None:
             files.append(found[0])
-            layers += _file_layers(found[0], found[1], f"{found[0]} [tool.imageworks]", names)
-    layers += _env_layers(env, names)
+            layers += file_layers(found[0], found[1], f"{found[0]} [tool.imageworks]", names)
+    layers += env_layers(env, names)
     if flags:
         f = dict(flags)
-        layers.append(_Layer(source=flags_source, values=f, selected=dict(f.pop("selected", None) or {})))
+        layers.append(Layer(source=flags_source, values=f, selected=dict(f.pop("selected", None) or {})))
     return _resolve(layers, settings_classes, set(unavailable), tuple(files), set(excluded))
 
 
@@ -439,16 +176,16 @@ def tool_sections(
     if user_file:
         path = user_config_path() if user_file is True else Path(user_file)
         if path.is_file():
-            found.append((str(path), _read_toml(path)))
+            found.append((str(path), read_toml(path)))
     if project_file:
-        project = _find_pyproject(Path(cwd or os.getcwd()).resolve())
+        project = find_pyproject(Path(cwd or os.getcwd()).resolve())
         if project is not None:
             found.append((f"{project[0]} [tool.imageworks]", project[1]))
     return found
 
 
 def _resolve(
-    layers: list[_Layer],
+    layers: list[Layer],
     classes: Mapping[str, type[BackendSettings]],
     unavailable: set[str],
     files: tuple[Path, ...],
@@ -458,7 +195,7 @@ def _resolve(
     retry: dict[str, tuple[Any, str, bool]] = {}
     backends: dict[str, dict[str, tuple[Any, str, bool]]] = {}
 
-    def put(target: dict, key: str, raw: Any, layer: _Layer) -> None:
+    def put(target: dict, key: str, raw: Any, layer: Layer) -> None:
         if layer.from_env and isinstance(raw, tuple) and len(raw) == 2 and isinstance(raw[1], str):
             target[key] = (raw[0], f"env {raw[1]}", True)
         else:
@@ -481,7 +218,7 @@ def _resolve(
                 log.debug("ignoring [%s] in %s: another tool's section", key, layer.source)
             else:
                 put(top, key, raw, layer)
-    settings = _build(Settings, top, "")
+    settings = build_settings(Settings, top, "")
     chosen = settings.backend
     for layer in layers:  # pass 2, in layer order: "selected" keys, then the layer's own backend keys
         target = layer.legacy_backend or chosen
@@ -521,7 +258,7 @@ def _resolve(
                 hint=f"installed backends: {', '.join(sorted(classes)) or 'none'}; "
                 f"pip install imageworks-backend-{name}, or remove the section",
             )
-        built[name] = _build(cls, values, f"backends.{name}.")
+        built[name] = build_settings(cls, values, f"backends.{name}.")
         sources.update({f"backends.{name}.{k}": v[1] for k, v in values.items()})
     for name, cls in classes.items():
         built.setdefault(name, cls())
@@ -540,7 +277,7 @@ def _resolve(
                 raise ConfigError(
                     str(exc), source=sources.get(f"backends.{name}.base_url"), key=f"backends.{name}.base_url"
                 ) from None
-    settings = attrs.evolve(settings, retry=_build(RetrySettings, retry, "retry."), backends=built)
+    settings = attrs.evolve(settings, retry=build_settings(RetrySettings, retry, "retry."), backends=built)
     _check_names(settings, classes, unavailable, sources, excluded)
     return Config(settings=settings, sources=sources, files=files)
 
