@@ -6,26 +6,31 @@ pixels, upright according to its EXIF orientation, in sRGB, without EXIF/XMP
 metadata.  Big JPEGs are decoded at a reduced scale by libjpeg's DCT scaling
 (``Image.draft``), which is most of the speed; the bicubic resize that follows
 is SIMD-accelerated (:mod:`imageworks_core.resizing`).  Every bad input becomes
-one :class:`~imageworks_core.errors.InputError` that names the file and the cause.
+one :class:`~imageworks_core.errors.InputError` that names the file and the cause
+(reading and those errors: :mod:`imageworks_core.image_input`).
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import io
 import math
 import os
-import re
-import stat
 from collections.abc import Callable
 from typing import Final, cast
 
 import anyio
 import anyio.to_thread
-from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile
 
 from imageworks_core.errors import InputError
+from imageworks_core.image_input import (
+    decode_error,
+    printable_path,
+    read_source,
+    sniff_format,
+    unknown_format_error,
+)
 from imageworks_core.models import PreparedImage
 from imageworks_core.resizing import resize
 
@@ -47,18 +52,12 @@ SUPPORTED_SUFFIXES: Final[frozenset[str]] = frozenset({".jpg", ".jpeg", ".png", 
 
 _MIME: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WebP": "image/webp"}  # for from_bytes
 _PIL_FORMATS: Final = ("JPEG", "PNG", "WEBP", "TIFF")  # the JPEG plugin may also return "MPO"
-_FORMAT_NAMES: Final = "JPEG, PNG, WebP and TIFF"
 _MAX_BLOCK: Final = 1 << 24  # bytes fed to the JPEG decoder per call (Pillow's default: 64 KiB)
 _PNG_LEVEL: Final = 3  # zlib level; measured on 1 MP RGBA: 6 is 3x slower for 12% smaller
 _TRANSPOSE: Final = {  # EXIF orientation -> the transpose that makes the image upright
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
-}  # fmt: skip
-_MAGIC: Final = {  # first bytes -> format (RIFF/WebP and ISO-BMFF are checked in _sniff_format)
-    b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-    b"GIF8": "GIF", b"BM": "BMP", b"%PDF": "PDF", b"8BPS": "Photoshop", b"\x00\x00\x01\x00": "ICO",
-    b"\xff\x0a": "JPEG XL", b"\x00\x00\x00\x0cJXL ": "JPEG XL", b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
 }  # fmt: skip
 
 
@@ -76,23 +75,15 @@ def wrap_encoded(data: bytes, mime: str | None = None, source: str = "<bytes>") 
     shown = printable_path(source)
     if not data:
         raise InputError(f"{shown}: image data is empty (0 bytes)", source=source)
-    mime = mime or _MIME.get(_sniff_format(data) or "")
+    mime = mime or _MIME.get(sniff_format(data) or "")
     if mime is None:
-        raise _unknown_format_error(source, data)
+        raise unknown_format_error(source, data)
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
     except Exception as exc:  # Pillow raises many types for bad headers; none may escape raw
-        raise _decode_error(source, data, exc) from exc
+        raise decode_error(source, data, exc) from exc
     return PreparedImage(data, mime, width, height, width, height, source)
-
-
-def printable_path(path: str) -> str:
-    """Return *path* fit for a message: undecodable bytes as ``\\xNN``, control characters escaped."""
-    if path.startswith("<") and path.endswith(">"):
-        return path
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def prepare_image(
@@ -136,13 +127,13 @@ def prepare_image_seen(
     """
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be between 1 and 100, got {quality}")
-    name, data = _read_source(source)
+    name, data = read_source(source)
     try:
         return _prepare(name, data, max_pixels, quality, seen)
     except InputError:
         raise
     except Exception as exc:  # Pillow's decoders raise many types on bad data; none may escape raw
-        raise _decode_error(name, data, exc) from exc
+        raise decode_error(name, data, exc) from exc
 
 
 async def aprepare_image(
@@ -160,79 +151,6 @@ async def aprepare_image(
     """
     work = functools.partial(prepare_image, source, max_pixels=max_pixels, quality=quality)
     return await anyio.to_thread.run_sync(work, limiter=limiter)
-
-
-# --- reading -------------------------------------------------------------------------------
-
-
-def _read_source(source: str | os.PathLike[str] | bytes) -> tuple[str, bytes]:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
-            raise InputError("<bytes>: image data is empty (0 bytes)", source="<bytes>")
-        return "<bytes>", data
-    path = os.fsdecode(os.fspath(source))
-    return path, _read_file(path)
-
-
-def _read_file(path: str) -> bytes:
-    shown = printable_path(path)
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise _directory_error(path)
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{shown}: not a regular file (a FIFO, socket or device)", source=path)
-        with open(fd, "rb", closefd=False) as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read the file: {exc.strerror or exc}", source=path) from exc
-    finally:
-        os.close(fd)
-    if not data:
-        raise InputError(
-            f"{shown}: file is empty (0 bytes)", source=path, hint="re-copy or re-export the image"
-        )
-    return data
-
-
-def _open_error(path: str, exc: OSError) -> InputError:
-    shown = printable_path(path)
-    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
-        target = printable_path(os.path.realpath(path))
-        return InputError(
-            f"{shown}: broken symbolic link (its target {target} does not exist)",
-            source=path,
-            hint="fix or remove the link",
-        )
-    if exc.errno == errno.ELOOP:
-        return InputError(
-            f"{shown}: symbolic link loop (the link leads back to itself)",
-            source=path,
-            hint="fix or remove the link",
-        )
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-        return InputError(f"{shown}: no such file", source=path, hint="check the path and its spelling")
-    if isinstance(exc, IsADirectoryError) or os.path.isdir(path):
-        return _directory_error(path)
-    if isinstance(exc, PermissionError):
-        return InputError(
-            f"{shown}: permission denied", source=path, hint="make the file readable (e.g. chmod +r)"
-        )
-    return InputError(f"{shown}: cannot open the file: {exc.strerror or exc}", source=path)
-
-
-def _directory_error(path: str) -> InputError:
-    return InputError(
-        f"{printable_path(path)}: is a directory, not an image file",
-        source=path,
-        hint="pass the files, or expand folders with imageworks_core.discovery.iter_image_paths",
-    )
 
 
 # --- decoding and shaping --------------------------------------------------------------------
@@ -398,68 +316,3 @@ def _encode(frame: Image.Image, quality: int) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     frame.save(buffer, "JPEG", quality=quality)  # optimize=True: +1.7 ms per 1 MP for 9% fewer bytes
     return buffer.getvalue(), "image/jpeg"
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-def _bomb_error(name: str, exc: Exception) -> InputError:
-    found = re.search(r"\((\d+) pixels\)", str(exc))
-    needed = int(found.group(1)) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    return InputError(
-        f"{printable_path(name)}: refusing to decode a possible decompression bomb ({exc})",
-        source=name,
-        hint=(
-            "if the file is trusted, raise Pillow's limit before preparing it, e.g. "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {needed}; never disable it for untrusted input"
-        ),
-    )
-
-
-def _decode_error(name: str, data: bytes, exc: Exception) -> InputError:
-    shown = printable_path(name)
-    if isinstance(exc, Image.DecompressionBombError):
-        return _bomb_error(name, exc)
-    if isinstance(exc, UnidentifiedImageError):
-        return _unknown_format_error(name, data)
-    if isinstance(exc, EOFError) or "truncated" in str(exc).lower():
-        return InputError(
-            f"{shown}: image data is truncated (the file ends before the image does)",
-            source=name,
-            hint="re-copy or re-download the file; the copy you have is incomplete",
-        )
-    detail = str(exc) or type(exc).__name__
-    return InputError(f"{shown}: image data is corrupt and cannot be decoded ({detail})", source=name)
-
-
-def _unknown_format_error(name: str, data: bytes) -> InputError:
-    shown = printable_path(name)
-    if _looks_like_text(data[:512]):
-        return InputError(f"{shown}: not an image, the file contains text", source=name)
-    found = _sniff_format(data)
-    if found in ("JPEG", "PNG", "TIFF", "WebP"):
-        return InputError(f"{shown}: looks like {found} but its header is damaged or cut short", source=name)
-    what = f"{found} image" if found else "unrecognised data"
-    return InputError(
-        f"{shown}: unsupported image format ({what}); supported formats are {_FORMAT_NAMES}",
-        source=name,
-        hint="convert it to JPEG or PNG first",
-    )
-
-
-def _looks_like_text(head: bytes) -> bool:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # only a character cut at the end of the sample is forgiven
-            return False
-        text = head[: exc.start].decode("utf-8")
-    return bool(text) and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
-
-
-def _sniff_format(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if data[4:8] == b"ftyp":
-        return "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF/HEIC"
-    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
