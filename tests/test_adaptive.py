@@ -61,21 +61,40 @@ def test_backs_off_in_proportion_to_latency_inflation_and_holds_inside_the_band(
     lim = AdaptiveLimit(256, start=4, clock=clock)
     feed(lim, clock, 0.1, windows=3)  # slow start: 4 -> 8 -> 16 -> 32
     assert lim.limit == 32
-    feed(lim, clock, 0.13, rate=190, windows=2)  # 1.3x: inside the band, hold (slow start is over)
-    assert lim.limit == 32
-    feed(lim, clock, 0.11, rate=200)  # 1.1x: below the band, grow by about sqrt(limit)
+    # 1.3x: inside the band, slow start is over; it settled no throughput at 16, so one probe step
+    feed(lim, clock, 0.13, rate=190, windows=2)
     assert lim.limit == 32 + 5
-    feed(lim, clock, 0.14, rate=400)  # the first window after a change mixes old requests: not compared
+    feed(lim, clock, 0.13, rate=190, windows=3)  # the same throughput as at 32: hold
     assert lim.limit == 37
-    feed(lim, clock, 0.14, rate=400)  # latency 1.4x, throughput 2x that at 32: the server still gains
+    feed(lim, clock, 0.11, rate=200)  # 1.1x: below the band, grow by about sqrt(limit)
     assert lim.limit == 37 + 6
+    feed(lim, clock, 0.14, rate=400)  # the first window after a change mixes old requests: not compared
+    assert lim.limit == 43
+    feed(lim, clock, 0.14, rate=400)  # latency 1.4x, throughput 2x that at 37: the server still gains
+    assert lim.limit == 43 + 6
     feed(lim, clock, 0.25, rate=400)  # 2.5x and no gain: queueing; back to the middle of the band (1.6x)
-    assert lim.limit == int(43 * 1.6 / 2.5)
+    assert lim.limit == int(49 * 1.6 / 2.5)
     before = lim.limit
     feed(lim, clock, 0.1)  # the samples of requests sent before the decrease are skipped ...
     assert lim.limit == before
     feed(lim, clock, 0.1, windows=2)
     assert lim.limit == before + int(before**0.5)  # ... then it grows again, by about sqrt(limit)
+
+
+def test_a_probe_that_runs_latency_out_of_the_band_goes_back() -> None:
+    """Slow start leaves no throughput settled at the limit before; the probe that makes the
+    comparison returns to where it started when it only adds queueing (a server past its batch)."""
+    clock = Clock()
+    lim = AdaptiveLimit(256, start=8, clock=clock)
+    feed(lim, clock, 0.1, windows=2)  # 8 -> 16 -> 32 on flat latency
+    assert lim.limit == 32
+    feed(lim, clock, 0.19, rate=150, windows=2)  # 1.9x, inside the band: the probe
+    assert lim.limit == 37
+    feed(lim, clock, 0.22, rate=150)  # 2.2x: past the band, no gain: back to 32, not mid-band (29)
+    assert lim.limit == 32
+    for _ in range(6):  # then it holds there: a probe is made once
+        feed(lim, clock, 0.19, rate=150)
+        assert lim.limit == 32
 
 
 def test_keeps_growing_inside_the_band_while_throughput_rises() -> None:

@@ -22,7 +22,9 @@ How (the ideas of TCP Vegas and of Netflix's Gradient limiters; own code):
   wait a little in the server keep its batches full between steps, and for a
   batch of thousands of images throughput is what counts.  The first window
   after a change mixes requests sent under the old limit, so its throughput is
-  never compared.  A
+  never compared; when slow start left no throughput settled at the limit
+  before, one step up (a probe) makes the comparison, and a probe that runs
+  latency out of the band goes back to where it started.  A
   window whose latency ran over ``SHRINK_ABOVE`` times the baseline shrinks the
   limit in proportion to the inflation, back to the middle of the band (at
   most by half): a little queue in the server keeps its batch full between
@@ -91,6 +93,8 @@ class AdaptiveLimit:
         self._settling = False
         #: The limit before the last change.
         self._from: int | None = None
+        #: The limit a probe started from, until a settled window says whether it holds.
+        self._probed_from: int | None = None
         self._last_waiting: float | None = None
         self._skip = 0
         #: Decisions so far (for tests and logs).
@@ -129,7 +133,8 @@ class AdaptiveLimit:
         if self.baseline is None or mean < self.baseline:
             self.baseline = mean
         ratio = mean / self.baseline
-        gained = False
+        gained = probe = False
+        settled = not self._settling
         if self._settling:
             self._settling = False
         else:
@@ -137,24 +142,29 @@ class AdaptiveLimit:
                 self._before = self._settled
             self._settled = (self.limit, rate, mean)
             before = self._before
-            # from the limit just before this (smaller) one, throughput still rose: the server
-            # gains from the extra load (its batches kept full by a small queue)
-            gained = (
-                before is not None
-                and before[0] == self._from
-                and before[0] < self.limit
-                and ratio <= SHRINK_ABOVE
-                and rate >= before[1] * GAIN
-            )
+            if before is not None and before[0] == self._from:
+                # from the limit just before this (smaller) one, throughput still rose: the server
+                # gains from the extra load (its batches kept full by a small queue)
+                gained = before[0] < self.limit and ratio <= SHRINK_ABOVE and rate >= before[1] * GAIN
+            else:
+                # slow start grew on latency alone, a window a step, so no throughput was settled
+                # at the limit before this one: one step up (a probe) makes the comparison
+                probe = self._from is not None and self._from < self.limit and ratio <= SHRINK_ABOVE
         if ratio >= SLOW_START_UNTIL:
             self._slow_start = False
-        if ratio < GROW_BELOW or gained:
+        if ratio < GROW_BELOW or gained or probe:
             if busiest < self.limit * 0.75:
                 return False  # not using what it has: no evidence that more would help
+            self._probed_from = self.limit if probe else None
             step = self.limit if self._slow_start else int(math.sqrt(self.limit))
             return self._set(self.limit + max(1, step))
         if ratio <= SHRINK_ABOVE:
+            if settled:
+                self._probed_from = None  # a settled window inside the band: the probe holds
             return False
+        if self._probed_from is not None:  # the probe ran latency out of the band: back where it was
+            back, self._probed_from = self._probed_from, None
+            return self._set(back)
         # back to the middle of the hold band, not its floor: a little queue keeps a batch full
         return self._set(int(self.limit * max(DEEPEST, (GROW_BELOW + SHRINK_ABOVE) / 2 / ratio)))
 
@@ -187,6 +197,7 @@ class AdaptiveLimit:
         """The endpoint came back from an outage: forget the baseline (the model may have changed)."""
         self.baseline = None
         self._settled = self._before = None
+        self._probed_from = None
         self._last_waiting = None
         self._reset_window()
 
@@ -195,6 +206,7 @@ class AdaptiveLimit:
         if limit == self.limit:
             return False
         if limit < self.limit:
+            self._probed_from = None  # any decrease ends a probe
             self._skip = self.limit  # the requests already in flight
             self._reset_window()
         self._settling = True
