@@ -9,7 +9,6 @@ values, so one bad argument does not stop the others.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import glob
 import os
@@ -17,7 +16,8 @@ from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
 from imageworks_core.errors import InputError
-from imageworks_core.images import SUPPORTED_SUFFIXES, printable_path
+from imageworks_core.image_input import link_error, printable_path
+from imageworks_core.images import SUPPORTED_SUFFIXES
 
 __all__ = ["iter_image_paths"]
 
@@ -98,22 +98,10 @@ def _explicit_file(spec: str) -> Path | InputError:
 
 
 def _broken_link(path: str) -> InputError:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return InputError(
-                f"{printable_path(path)}: symbolic link loop (the link leads back to itself)",
-                source=path,
-                hint="fix or remove the link",
-            )
-        if exc.errno == errno.ENAMETOOLONG:
-            return InputError(
-                f"{printable_path(path)}: path too long ({exc.strerror})",
-                source=path,
-                hint="move the image to a shorter path",
-            )
-    return InputError(
+    found = link_error(path)
+    if found is not None:
+        return found
+    return InputError(  # a target that came back since the listing, or went in between
         f"{printable_path(path)}: broken symbolic link (target {printable_path(os.path.realpath(path))})",
         source=path,
         hint="fix or remove the link",

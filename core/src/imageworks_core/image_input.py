@@ -19,7 +19,14 @@ from PIL import Image, UnidentifiedImageError
 
 from imageworks_core.errors import InputError
 
-__all__ = ["decode_error", "printable_path", "read_source", "sniff_format", "unknown_format_error"]
+__all__ = [
+    "decode_error",
+    "link_error",
+    "printable_path",
+    "read_source",
+    "sniff_format",
+    "unknown_format_error",
+]
 
 _FORMAT_NAMES: Final = "JPEG, PNG, WebP and TIFF"
 _MAGIC: Final = {  # first bytes -> format (RIFF/WebP and ISO-BMFF are checked in sniff_format)
@@ -73,8 +80,29 @@ def _read_file(path: str) -> bytes:
     return data
 
 
-def _open_error(path: str, exc: OSError) -> InputError:
+def link_error(path: str, exc: OSError | None = None) -> InputError | None:
+    """A symbolic link that leads nowhere (a loop, a missing target, a path too long), or ``None``.
+
+    *exc*: the error opening or stat-ing *path* gave, when already known.
+    """
+    if exc is None:
+        try:
+            os.stat(path)
+        except OSError as err:
+            exc = err
+        else:
+            return None
     shown = printable_path(path)
+    if exc.errno == errno.ELOOP:
+        return InputError(
+            f"{shown}: symbolic link loop (the link leads back to itself)",
+            source=path,
+            hint="fix or remove the link",
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return InputError(
+            f"{shown}: path too long ({exc.strerror})", source=path, hint="move the image to a shorter path"
+        )
     if isinstance(exc, FileNotFoundError) and os.path.islink(path):
         target = printable_path(os.path.realpath(path))
         return InputError(
@@ -82,12 +110,14 @@ def _open_error(path: str, exc: OSError) -> InputError:
             source=path,
             hint="fix or remove the link",
         )
-    if exc.errno == errno.ELOOP:
-        return InputError(
-            f"{shown}: symbolic link loop (the link leads back to itself)",
-            source=path,
-            hint="fix or remove the link",
-        )
+    return None
+
+
+def _open_error(path: str, exc: OSError) -> InputError:
+    shown = printable_path(path)
+    link = link_error(path, exc)
+    if link is not None:
+        return link
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         return InputError(f"{shown}: no such file", source=path, hint="check the path and its spelling")
     if isinstance(exc, IsADirectoryError) or os.path.isdir(path):

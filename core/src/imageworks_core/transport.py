@@ -14,11 +14,11 @@ import contextlib
 import os
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from .errors import BackendUnavailable, redact_url
+from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
 
 if TYPE_CHECKING:
     from .websocket import WebSocket
@@ -124,20 +124,39 @@ def connect_failed(url: str, exc: BaseException, *, connect_timed_out: bool = Fa
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
 
-class OwnedLines:
-    """Owns the line generators a stream response hands out, and closes them with it.
+class StreamBase:
+    """What both transports' stream responses share: status, headers, the URL for errors, and
+    the line generators they hand out, closed with the response.
 
     A consumer that stops early (``[DONE]``, a ``break``, a cancellation)
     leaves its generator unfinished; the transport closes it when the response
     closes, so no generator is left to the garbage collector (trio warns then).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, resp: Any, url: str, idle: float | None, status: int, headers: Any) -> None:
         self._open: list[AsyncGenerator[bytes, None]] = []
+        self._resp = resp
+        self._url = url
+        self._shown = redact_url(url)
+        self._idle = idle
+        self.status = status
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in headers.items()}
 
     def track(self, gen: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         self._open.append(gen)
         return gen
+
+    def broke_off(self, exc: BaseException, *, streaming: bool = False) -> BackendProtocolError:
+        """The body stopped before its end; a broken stream may be asked again (*streaming*)."""
+        what = "stream" if streaming else "response"
+        return BackendProtocolError(
+            f"{what} from {self._shown} broke off: {exc or type(exc).__name__}",
+            url=self._url,
+            retryable=streaming,
+        )
+
+    def went_silent(self) -> BackendTimeout:
+        return BackendTimeout(f"stream from {self._shown} went silent for {self._idle}s", url=self._url)
 
     async def aclose(self) -> None:
         while self._open:

@@ -9,7 +9,7 @@ from typing import Any
 from .errors import BackendProtocolError, BackendTimeout, redact_url
 from .transport import (
     HttpResponse,
-    OwnedLines,
+    StreamBase,
     StreamResponse,
     Timeouts,
     WebSocketOpener,
@@ -18,15 +18,9 @@ from .transport import (
 )
 
 
-class _AiohttpStream(OwnedLines):
+class _AiohttpStream(StreamBase):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
-        super().__init__()
-        self._resp = resp
-        self._url = url
-        self._shown = redact_url(url)
-        self._idle = idle
-        self.status: int = resp.status
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
+        super().__init__(resp, url, idle, resp.status, resp.headers)
 
     async def read(self) -> bytes:
         import aiohttp
@@ -34,9 +28,7 @@ class _AiohttpStream(OwnedLines):
         try:
             return bytes(await self._resp.read())
         except (aiohttp.ClientError, OSError) as exc:
-            raise BackendProtocolError(
-                f"response from {self._shown} broke off: {exc}", url=self._url
-            ) from exc
+            raise self.broke_off(exc) from exc
 
     def lines(self) -> AsyncIterator[bytes]:
         """Lines of any length, split here as httpx does (aiohttp's ``readline`` stops at 128 KiB)."""
@@ -54,15 +46,9 @@ class _AiohttpStream(OwnedLines):
                 async with asyncio.timeout(self._idle):
                     data = await content.readany()
             except TimeoutError as exc:
-                raise BackendTimeout(
-                    f"stream from {self._shown} went silent for {self._idle}s", url=self._url
-                ) from exc
+                raise self.went_silent() from exc
             except (aiohttp.ClientError, OSError) as exc:
-                raise BackendProtocolError(
-                    f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
-                    url=self._url,
-                    retryable=True,
-                ) from exc
+                raise self.broke_off(exc, streaming=True) from exc
             if not data:
                 if buf:
                     yield bytes(buf).rstrip(b"\r")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
-from .errors import BackendProtocolError, BackendTimeout, redact_url
+from .errors import BackendTimeout, redact_url
 from .transport import (
     HttpResponse,
-    OwnedLines,
+    StreamBase,
     StreamResponse,
     Timeouts,
     WebSocketOpener,
@@ -34,24 +34,16 @@ def _httpx() -> Any:
     return httpx2
 
 
-class _HttpxStream(OwnedLines):
+class _HttpxStream(StreamBase):
     def __init__(self, resp: Any, url: str, idle: float | None) -> None:
-        super().__init__()
-        self._resp = resp
-        self._url = url
-        self._shown = redact_url(url)
-        self._idle = idle
-        self.status: int = resp.status_code
-        self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
+        super().__init__(resp, url, idle, resp.status_code, resp.headers)
 
     async def read(self) -> bytes:
         httpx = _httpx()
         try:
             return bytes(await self._resp.aread())
         except httpx.HTTPError as exc:
-            raise BackendProtocolError(
-                f"response from {self._shown} broke off: {exc}", url=self._url
-            ) from exc
+            raise self.broke_off(exc) from exc
 
     def lines(self) -> AsyncIterator[bytes]:
         return self.track(self._lines())
@@ -72,9 +64,7 @@ class _HttpxStream(OwnedLines):
                     return
                 except TimeoutError as exc:
                     finished = True
-                    raise BackendTimeout(
-                        f"stream from {self._shown} went silent for {self._idle}s", url=self._url
-                    ) from exc
+                    raise self.went_silent() from exc
                 except BaseException as exc:
                     finished = True  # an error inside httpx ends its generators as it passes
                     if isinstance(exc, httpx.TimeoutException):
@@ -82,11 +72,7 @@ class _HttpxStream(OwnedLines):
                             f"stream from {self._shown} timed out: {exc}", url=self._url
                         ) from exc
                     if isinstance(exc, httpx.HTTPError):
-                        raise BackendProtocolError(
-                            f"stream from {self._shown} broke off: {exc or type(exc).__name__}",
-                            url=self._url,
-                            retryable=True,
-                        ) from exc
+                        raise self.broke_off(exc, streaming=True) from exc
                     raise
                 yield line.encode()
         finally:
@@ -136,49 +122,23 @@ class HttpxTransport(WebSocketOpener):
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> HttpResponse:
-        httpx = self._httpx
-        try:
-            try:
-                resp = await self._client.request(
+        with self._mapped(method, url):
+            resp = await self._resent(
+                lambda: self._client.request(
                     method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
                 )
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # a kept-alive connection the server closed as it was reused (see _dropped_before_answer)
-                resp = await self._client.request(
-                    method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
-                )
-        except httpx.ConnectTimeout as exc:
-            raise connect_failed(url, exc, connect_timed_out=True) from exc
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(
-                f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise connect_failed(url, exc) from exc
+            )
         return HttpResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
 
     @contextlib.asynccontextmanager
     async def stream(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> AsyncIterator[StreamResponse]:
-        httpx = self._httpx
         req = self._client.build_request(
             method, url, headers=headers, content=body, timeout=self._timeout(timeouts)
         )
-        try:
-            try:
-                resp = await self._client.send(req, stream=True)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # a kept-alive connection the server closed as it was reused (see _dropped_before_answer)
-                resp = await self._client.send(req, stream=True)
-        except httpx.ConnectTimeout as exc:
-            raise connect_failed(url, exc, connect_timed_out=True) from exc
-        except httpx.TimeoutException as exc:
-            raise BackendTimeout(
-                f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise connect_failed(url, exc) from exc
+        with self._mapped(method, url):
+            resp = await self._resent(lambda: self._client.send(req, stream=True))
         stream = _HttpxStream(resp, url, timeouts.idle)
         try:
             yield stream
@@ -187,6 +147,30 @@ class HttpxTransport(WebSocketOpener):
                 await stream.aclose()
             finally:
                 await resp.aclose()
+
+    async def _resent(self, send: Callable[[], Awaitable[Any]]) -> Any:
+        """*send* once more on a new connection when the pooled one the server had just closed fails
+        before any answer (see ``transport_aiohttp._dropped_before_answer``)."""
+        httpx = self._httpx
+        try:
+            return await send()
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            return await send()
+
+    @contextlib.contextmanager
+    def _mapped(self, method: str, url: str) -> Iterator[None]:
+        """httpx's errors before an answer as the seam's: an outage, or a timed-out try."""
+        httpx = self._httpx
+        try:
+            yield
+        except httpx.ConnectTimeout as exc:
+            raise connect_failed(url, exc, connect_timed_out=True) from exc
+        except httpx.TimeoutException as exc:
+            raise BackendTimeout(
+                f"{method} {redact_url(url)} timed out ({type(exc).__name__})", url=url
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise connect_failed(url, exc) from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()
