@@ -164,6 +164,7 @@ async def test_connect_refused_is_unavailable_with_the_url(transport: Transport)
     assert time.monotonic() - t0 < 2.0
     assert info.value.url == url
     assert url in str(info.value)
+    assert "ssl:" not in str(info.value) and "Cannot connect to host" not in str(info.value)  # said once
     # through the backend's HttpClient: backend name, URL, both likely causes and the hint
     base = url.removesuffix("/models")
     with pytest.raises(BackendUnavailable) as info2:

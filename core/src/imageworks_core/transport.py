@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -117,8 +118,16 @@ def ssl_context(trust_env: bool) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
+#: aiohttp's connect error repeats the host and adds its TLS setting ("ssl:default", even for
+#: http://) before the reason; the message names the URL already, so only the reason is kept.
+_AIOHTTP_CONNECT = re.compile(r"^Cannot connect to host \S+ ssl:\S+ \[(?P<reason>.*)\]$", re.S)
+
+
 def connect_failed(url: str, exc: BaseException, *, connect_timed_out: bool = False) -> BackendUnavailable:
     reason = str(exc) or type(exc).__name__
+    found = _AIOHTTP_CONNECT.match(reason)
+    if found and found["reason"]:
+        reason = found["reason"]
     if connect_timed_out:
         reason = f"no answer to the connect ({reason})"
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
