@@ -178,6 +178,14 @@ async def test_connect_refused_is_unavailable_with_the_url(transport: Transport)
 
 
 @TRANSPORTS
+async def test_https_to_a_plain_http_server_says_to_use_http(faulty: Any, transport: Transport) -> None:
+    url = faulty.base_url.replace("http://", "https://") + "/health"
+    with pytest.raises(BackendUnavailable) as info:
+        await transport.request("GET", url, headers={}, body=None, timeouts=Timeouts(connect=5, read=5))
+    assert "plain HTTP on this port: use an http:// URL" in str(info.value), info.value
+
+
+@TRANSPORTS
 async def test_read_timeout(faulty: Any, transport: Transport) -> None:
     faulty.script([{"match": {"path": CHAT}, "fault": "delay", "delay_s": 3}])
     t0 = time.monotonic()
@@ -472,6 +480,18 @@ async def test_error_body_shapes_over_the_wire(
         ('"just a json string"', "just a json string"),
         ({"error": {"message": "   "}}, "(empty message)"),
         (b"\xff\xfe not utf-8", "not utf-8"),
+        (  # nginx in front of a stopped server: one line of the page's text
+            b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad "
+            b"Gateway</h1></center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n",
+            "an HTML page, not an API answer: 502 Bad Gateway 502 Bad Gateway nginx/1.25.3",
+        ),
+        (  # a web server on the configured port (Python's http.server), scripts and comments dropped
+            '<!DOCTYPE HTML>\n<html lang="en"><head><style>p {x: 1}</style><title>Error response</title>'
+            "<script>var a = '<p>';</script></head><body><!-- note --><h1>Error response</h1>"
+            "<p>Message: File not found &amp; gone.</p></body></html>",
+            "an HTML page, not an API answer: Error response Error response Message: File not found & gone.",
+        ),
+        (b"<error>an XML body</error>", "<error>an XML body</error>"),  # not HTML: as it is
     ],
 )
 def test_extract_error_message(body: Any, message: str) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import html
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -100,7 +102,7 @@ def extract_error_message(body: bytes | str | Any) -> str:
         try:
             obj = json.loads(text)
         except ValueError:
-            text = text.strip()
+            text = _html_text(text) or text.strip()
             return (text[:_MAX_MESSAGE] + "…") if len(text) > _MAX_MESSAGE else (text or "(empty body)")
     else:
         obj = body
@@ -109,6 +111,19 @@ def extract_error_message(body: bytes | str | Any) -> str:
         msg = json.dumps(obj)[:_MAX_MESSAGE] if not isinstance(obj, str) else obj
     msg = msg.strip()
     return (msg[:_MAX_MESSAGE] + "…") if len(msg) > _MAX_MESSAGE else (msg or "(empty message)")
+
+
+_HTML_START = re.compile(r"\s*(<!doctype html|<html|<head|<body|<title|<h1)", re.I)
+_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<!doctype[^>]*>", re.I | re.S)
+_HTML_TAG = re.compile(r"<[^>]+>")
+
+
+def _html_text(text: str) -> str | None:
+    """An HTML error page (a web server or proxy, not the API, answered) as one line of its text."""
+    if not _HTML_START.match(text):
+        return None
+    words = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text))).split()
+    return "an HTML page, not an API answer: " + (" ".join(words) or "(no text)")
 
 
 def _looks_busy(message: str) -> bool:

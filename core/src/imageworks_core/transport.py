@@ -123,13 +123,27 @@ def ssl_context(trust_env: bool) -> ssl.SSLContext:
 _AIOHTTP_CONNECT = re.compile(r"^Cannot connect to host \S+ ssl:\S+ \[(?P<reason>.*)\]$", re.S)
 
 
+def _reason(exc: BaseException) -> str:
+    """*exc*'s message, else that of what caused it (trio's TLS errors reach httpx without text)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if str(seen):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
 def connect_failed(url: str, exc: BaseException, *, connect_timed_out: bool = False) -> BackendUnavailable:
-    reason = str(exc) or type(exc).__name__
+    reason = _reason(exc)
     found = _AIOHTTP_CONNECT.match(reason)
     if found and found["reason"]:
         reason = found["reason"]
     if connect_timed_out:
         reason = f"no answer to the connect ({reason})"
+    elif url.startswith(("https://", "wss://")) and "WRONG_VERSION_NUMBER" in reason:
+        reason += "; the server speaks plain HTTP on this port: use an http:// URL"
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
 
