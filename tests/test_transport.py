@@ -501,6 +501,15 @@ def test_extract_error_message(body: Any, message: str) -> None:
         assert message in extract_error_message(body)  # an already-decoded body works too
 
 
+def test_a_huge_or_hostile_html_page_is_read_quickly() -> None:
+    """Only the page's start is read, in linear time: a server cannot hang the client with it."""
+    page = "<html><title>Oops</title>" + "<script>" * 300_000 + "x" * 2_000_000
+    t0 = time.monotonic()
+    msg = extract_error_message(page)
+    assert time.monotonic() - t0 < 2.0
+    assert msg.startswith("an HTML page, not an API answer: Oops")
+
+
 def test_error_message_is_bounded() -> None:
     msg = extract_error_message(json.dumps({"error": {"message": "x" * 10_000}}))
     assert len(msg) <= 501

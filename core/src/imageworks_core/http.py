@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import html
 import json
 import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
 from .byok import caller_key
@@ -114,16 +114,39 @@ def extract_error_message(body: bytes | str | Any) -> str:
 
 
 _HTML_START = re.compile(r"\s*(<!doctype html|<html|<head|<body|<title|<h1)", re.I)
-_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<!doctype[^>]*>", re.I | re.S)
-_HTML_TAG = re.compile(r"<[^>]+>")
+#: Only the start of an HTML error page is read: its title and heading say what happened.
+_HTML_READ = 64 * 1024
+
+
+class _PageText(HTMLParser):
+    """The visible text of an HTML page (scripts and styles left out), in linear time."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.words: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in ("script", "style"):
+            self._hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._hidden:
+            self._hidden -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.words += data.split()
 
 
 def _html_text(text: str) -> str | None:
     """An HTML error page (a web server or proxy, not the API, answered) as one line of its text."""
     if not _HTML_START.match(text):
         return None
-    words = html.unescape(_HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text))).split()
-    return "an HTML page, not an API answer: " + (" ".join(words) or "(no text)")
+    page = _PageText()
+    page.feed(text[:_HTML_READ])
+    page.close()
+    return "an HTML page, not an API answer: " + (" ".join(page.words) or "(no text)")
 
 
 def _looks_busy(message: str) -> bool:
