@@ -13,13 +13,13 @@ and ``execution_success``; ``GET /history/{id}``, ``GET /view`` (a PNG of the re
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
 import uuid
 from typing import Any
 
+from _aiohttp_run import run_server
 from aiohttp import web
 from PIL import Image
 
@@ -136,22 +136,23 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
     app = web.Application()
     app["tasks"] = set()
-    app.router.add_get("/ws", ws_handler)
-    app.router.add_post("/prompt", post_prompt)
-    app.router.add_get("/history/{prompt_id}", get_history)
-    app.router.add_get("/view", view)
-    app.router.add_route("*", "/queue", queue)
-    app.router.add_post("/interrupt", ok)
-    app.router.add_get("/system_stats", system_stats)
-    app.router.add_get("/object_info/CheckpointLoaderSimple", object_info)
-    app.router.add_get("/models/checkpoints", checkpoints)
-    app.router.add_get("/stats", get_stats)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=1)
+    run_server(
+        app,
+        [
+            web.get("/ws", ws_handler),
+            web.post("/prompt", post_prompt),
+            web.get("/history/{prompt_id}", get_history),
+            web.get("/view", view),
+            web.route("*", "/queue", queue),
+            web.post("/interrupt", ok),
+            web.get("/system_stats", system_stats),
+            web.get("/object_info/CheckpointLoaderSimple", object_info),
+            web.get("/models/checkpoints", checkpoints),
+            web.get("/stats", get_stats),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ the client's tests: ``python websocket_server.py --port N``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 
+from _aiohttp_run import run_server
 from aiohttp import WSMsgType, web
 
 closes = {"n": 0}
@@ -72,17 +72,17 @@ async def count_closes(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/ws", comfy_ws)
-    app.router.add_get("/ws-silent", silent_ws)
-    app.router.add_get("/refuse", refuse)
-    app.router.add_get("/hold", hold)
-    app.router.add_get("/closes", count_closes)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, shutdown_timeout=1)
+    run_server(
+        web.Application(),
+        [
+            web.get("/health", health),
+            web.get("/ws", comfy_ws),
+            web.get("/ws-silent", silent_ws),
+            web.get("/refuse", refuse),
+            web.get("/hold", hold),
+            web.get("/closes", count_closes),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -147,6 +147,18 @@ def connect_failed(url: str, exc: BaseException, *, connect_timed_out: bool = Fa
     return BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url)
 
 
+def broke_off(
+    url: str, exc: BaseException, *, streaming: bool = False, retryable: bool | None = None
+) -> BackendProtocolError:
+    """A body that stopped before its end; a broken stream may be asked again (*streaming*)."""
+    what = "stream" if streaming else "response"
+    return BackendProtocolError(
+        f"{what} from {redact_url(url)} broke off: {exc or type(exc).__name__}",
+        url=url,
+        retryable=streaming if retryable is None else retryable,
+    )
+
+
 class StreamBase:
     """What both transports' stream responses share: status, headers, the URL for errors, and
     the line generators they hand out, closed with the response.
@@ -170,13 +182,7 @@ class StreamBase:
         return gen
 
     def broke_off(self, exc: BaseException, *, streaming: bool = False) -> BackendProtocolError:
-        """The body stopped before its end; a broken stream may be asked again (*streaming*)."""
-        what = "stream" if streaming else "response"
-        return BackendProtocolError(
-            f"{what} from {self._shown} broke off: {exc or type(exc).__name__}",
-            url=self._url,
-            retryable=streaming,
-        )
+        return broke_off(self._url, exc, streaming=streaming)
 
     def went_silent(self) -> BackendTimeout:
         return BackendTimeout(f"stream from {self._shown} went silent for {self._idle}s", url=self._url)

@@ -6,13 +6,14 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-from .errors import BackendProtocolError, BackendTimeout, redact_url
+from .errors import BackendTimeout, redact_url
 from .transport import (
     HttpResponse,
     StreamBase,
     StreamResponse,
     Timeouts,
     WebSocketOpener,
+    broke_off,
     connect_failed,
     ssl_context,
 )
@@ -140,9 +141,7 @@ class AiohttpTransport(WebSocketOpener):
         except TimeoutError as exc:
             raise BackendTimeout(f"{method} {redact_url(url)} timed out", url=url) from exc
         except aiohttp.ClientPayloadError as exc:
-            raise BackendProtocolError(
-                f"response from {redact_url(url)} broke off: {exc}", url=url, retryable=True
-            ) from exc
+            raise broke_off(url, exc, retryable=True) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise connect_failed(url, exc) from exc
 
