@@ -39,6 +39,7 @@ from imageworks_core.testing import fake_server as fs
 from imageworks_core.testing.conformance import (
     BackendConformance,
     FakeBackendFaults,
+    OnMockOpenAIServer,
     png_bytes,
 )
 
@@ -60,6 +61,12 @@ class TestFakeBackendConformance(BackendConformance):
 
 class TestOpenAIBackendConformance(BackendConformance):
     """The core's generic ``openai`` backend against the kit's fake server (all defaults)."""
+
+    backend = "openai"
+
+
+class TestOpenAIBackendConformanceInProcess(OnMockOpenAIServer, BackendConformance):
+    """The same suite on the in-process ``MockOpenAIServer``: the kit's two servers play alike."""
 
     backend = "openai"
 

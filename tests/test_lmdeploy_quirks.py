@@ -1,4 +1,4 @@
-"""The LMDeploy backend against the fault-injecting server, one test per LMDeploy quirk.
+"""The LMDeploy backend against the fault-injecting server, in-process, one test per LMDeploy quirk.
 
 Every server answer here is the exact body shape an LMDeploy version sends
 (old and new), served by the ``faulty`` fixture's ``status`` fault; request
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from servers._proc import free_port
+from servers.faulty_openai import MockFaulty, transport_for
 
 from imageworks_backend_lmdeploy import LmdeploySettings, parse_metrics, plugin
 from imageworks_core import (
@@ -32,6 +33,14 @@ from imageworks_core import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def faulty() -> MockFaulty:
+    """The fault server in-process (``MockOpenAIServer``): these tests check what is sent and how
+    the answers are read, which needs no socket."""
+    return MockFaulty()
+
 
 CHAT = "/v1/chat/completions"
 MODEL = "Qwen/Qwen2-VL-2B-Instruct"
@@ -182,7 +191,12 @@ def lmdeploy_client(
     if retry:
         overrides["retry"] = retry
     return Client(
-        backend="lmdeploy", overrides=overrides, user_file=False, project_file=False, allow=["lmdeploy"]
+        backend="lmdeploy",
+        overrides=overrides,
+        user_file=False,
+        project_file=False,
+        allow=["lmdeploy"],
+        transport=transport_for(base_url),
     )
 
 
@@ -645,7 +659,7 @@ async def test_stream_request_asks_for_usage(faulty: Any) -> None:
     async with lmdeploy_client(faulty.base_url) as client:
         chunks = await collect(client, image_request())
     assert "".join(c.text for c in chunks) == "usage asked"
-    assert [c.usage for c in chunks if c.usage] == [Usage(16, 2, 18)]
+    assert [c.usage for c in chunks if c.usage] == [Usage(72, 2, 74)]  # 8 text + 64 image tokens
 
 
 # ---------------------------------------------------------------- settings on the wire

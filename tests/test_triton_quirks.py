@@ -1,4 +1,4 @@
-"""The Triton backend against the fault-injecting server: every Triton quirk, byte for byte.
+"""The Triton backend against the fault-injecting server, in-process: every Triton quirk, byte for byte.
 
 The ``faulty`` server (tests/servers/faulty_openai.py) plays Triton: its
 "status" fault serves the exact KServe v2 health, metadata, config, generate,
@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from servers._proc import free_port
+from servers.faulty_openai import MockFaulty, transport_for
 
 from imageworks_backend_triton import TritonBackend, TritonSettings, plugin
 from imageworks_backend_triton._errors import one_line
@@ -40,6 +41,14 @@ from imageworks_core import (
 from imageworks_core.plugins import BackendRegistry
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def faulty() -> MockFaulty:
+    """The fault server in-process (``MockOpenAIServer``): these tests check what is sent and how
+    the answers are read, which needs no socket."""
+    return MockFaulty()
+
 
 M = "tiny"
 
@@ -213,6 +222,7 @@ def client(base_url: str, **backend: Any) -> Client:
         user_file=False,
         project_file=False,
         allow=["triton"],
+        transport=transport_for(base_url),
     )
 
 
@@ -340,7 +350,8 @@ async def test_health_model_not_ready(faulty: Any) -> None:
 
 
 async def test_health_not_a_kserve_server(faulty: Any) -> None:
-    faulty.script([])  # /v2/health/live -> 404
+    # an OpenAI-only server: every /v2/ path is a 404
+    faulty.script([{"match": {"path_prefix": "/v2/"}, "fault": "status", "status": 404}])
     async with client(faulty.base_url) as c:
         r = await c.health()
     assert (r.reachable, r.ready) == (True, False)

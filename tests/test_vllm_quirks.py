@@ -1,4 +1,4 @@
-"""The vLLM backend against the fault-injecting server: every vLLM quirk, old and new shapes.
+"""The vLLM backend against the fault-injecting server, in-process: every vLLM quirk, old and new shapes.
 
 The ``faulty`` server (tests/servers/faulty_openai.py) plays vLLM: its "status"
 fault serves the exact health, version, metrics, models and error bodies that
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 from servers._proc import free_port
+from servers.faulty_openai import MockFaulty, transport_for
 
 from imageworks_backend_vllm import GUIDED_FIELDS, VllmBackend, VllmSettings, parse_metrics, plugin
 from imageworks_core import (
@@ -34,6 +35,14 @@ from imageworks_core.plugins import BackendRegistry, installed_backend_names
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def faulty() -> MockFaulty:
+    """The fault server in-process (``MockOpenAIServer``): these tests check what is sent and how
+    the answers are read, which needs no socket."""
+    return MockFaulty()
+
+
 CHAT = "/v1/chat/completions"
 BASE_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -50,6 +59,7 @@ def client(base_url: str, **backend: Any) -> Client:
         user_file=False,
         project_file=False,
         allow=["vllm"],
+        transport=transport_for(base_url),
     )
 
 
@@ -357,8 +367,9 @@ async def test_infer_reads_usage_and_finish_reason(faulty: Any) -> None:
         result = await c.infer(describe())
     assert result.finish_reason == "stop"
     assert result.model == "fake-vlm"
-    assert result.usage.prompt_tokens == 16
-    assert result.usage.total_tokens == 16 + (result.usage.completion_tokens or 0)
+    assert result.usage.prompt_tokens == 8 + 64  # the fake server counts 8 text tokens and 64 per image
+    assert result.usage.completion_tokens == 7  # one per word of its answer
+    assert result.usage.total_tokens == 72 + 7
 
 
 async def test_stream_asks_for_usage_and_reads_final_usage_chunk(faulty: Any) -> None:
@@ -378,7 +389,7 @@ async def test_stream_asks_for_usage_and_reads_final_usage_chunk(faulty: Any) ->
     text = "".join(ch.text for ch in chunks)
     assert text == "[item-1] A grey cat on a sofa."
     assert [ch.finish_reason for ch in chunks if ch.finish_reason] == ["stop"]
-    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 16  # the `choices: []` chunk
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 72  # the `choices: []` chunk
     assert chunks[-1].text == ""
     (entry,) = chat_requests(faulty)
     assert entry["stream"] is True

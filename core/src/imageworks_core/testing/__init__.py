@@ -7,6 +7,8 @@
   bodies and its reading of a server's exact answers, without a socket.
 - ``FakeOpenAIServer``: a local OpenAI-compatible server in its own process,
   scriptable per request (``imageworks_core.testing.fake_server``).
+- ``MockOpenAIServer``: the same server's script, answers and request log
+  in-process, through a ``MockTransport`` (``imageworks_core.testing.mock_server``).
 - ``BackendConformance``: the conformance suite a backend plugin's tests
   subclass (``imageworks_core.testing.conformance``; imports pytest).
 - ``set_testing``: shorten the dispatcher's waits (backoff, pauses, probes) in tests; nothing else.
@@ -23,6 +25,7 @@ from ..retry import set_testing
 from .fake import Delay, FailAfter, FakeBackend
 from .fake_server import FakeOpenAIServer
 from .mock import MockRequest, MockResponse, MockTransport
+from .mock_server import MockOpenAIServer
 
 __all__ = [
     "BackendConformance",
@@ -30,6 +33,7 @@ __all__ = [
     "FailAfter",
     "FakeBackend",
     "FakeOpenAIServer",
+    "MockOpenAIServer",
     "MockRequest",
     "MockResponse",
     "MockTransport",

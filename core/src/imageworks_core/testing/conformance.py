@@ -20,7 +20,11 @@ backends override the fixtures:
 * ``down_url`` -- a URL where nothing listens (default: an unused local port);
 * ``faults`` -- a ``FaultInjector`` that makes the server (or the plugin)
   misbehave in the named ways (default: the fake server's, when ``server_url``
-  is the fake server; else ``None``).
+  is the fake server; else ``None``);
+* ``transport`` -- an in-process transport standing for the server (default
+  ``None``: real sockets).  Mix ``OnMockOpenAIServer`` in first to run the
+  server tests on a ``MockOpenAIServer``, no process and no socket; a
+  ``MockTransport`` over your own handler plays a server of another shape.
 
 Tests that need something the backend does not declare or the subclass does
 not provide are *skipped* with the reason (no image test without
@@ -78,6 +82,7 @@ __all__ = [
     "BackendConformance",
     "FakeBackendFaults",
     "FaultInjector",
+    "OnMockOpenAIServer",
     "OpenAIServerFaults",
     "png_bytes",
     "unused_port",
@@ -178,6 +183,34 @@ class OpenAIServerFaults:
     def images_received(self) -> int | None:
         chats = self.server.requests("/v1/chat/completions")
         return int(chats[-1]["images"]) if chats else None
+
+
+class OnMockOpenAIServer:
+    """Mix in before ``BackendConformance``: the server tests run on an in-process ``MockOpenAIServer``.
+
+    ::
+
+        class TestMineInProcess(OnMockOpenAIServer, BackendConformance):
+            backend = "mine"
+    """
+
+    @pytest.fixture
+    def mock_openai_server(self) -> Any:
+        from .mock_server import MockOpenAIServer
+
+        return MockOpenAIServer()
+
+    @pytest.fixture
+    def transport(self, mock_openai_server: Any) -> Any:
+        return mock_openai_server.transport
+
+    @pytest.fixture
+    def server_url(self, mock_openai_server: Any) -> str:
+        return str(mock_openai_server.base_url)
+
+    @pytest.fixture
+    def faults(self, mock_openai_server: Any) -> FaultInjector:
+        return OpenAIServerFaults(mock_openai_server)
 
 
 class FakeBackendFaults:
@@ -372,11 +405,26 @@ class BackendConformance:
             pytest.importorskip("trio", reason="trio is not installed (pip install trio)")
         return str(request.param)
 
+    @pytest.fixture
+    def transport(self) -> Any:
+        """An in-process transport standing for the server (``None``, the default: real sockets).
+
+        Return ``MockOpenAIServer().transport``, or a ``MockTransport`` over a handler
+        that plays your server, to run the server tests without a process; the
+        handler answers ``down_url`` by raising ``ConnectionRefusedError``.
+        """
+        return None
+
     @pytest.fixture(autouse=True)
     def _conformance_environment(
-        self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+        self,
+        request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Any,
+        transport: Any,
     ) -> Iterator[None]:
         """No IMAGEWORKS_* variables from the shell, no user config file, short waits (``set_testing``)."""
+        self._transport = transport
         reason = self.known_failures.get(getattr(request.function, "__name__", ""))
         if reason:
             request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
@@ -465,6 +513,7 @@ class BackendConformance:
             user_file=False,
             project_file=False,
             env=dict(env or {}),
+            transport=getattr(self, "_transport", None),
         )
 
     def request(self, image: PreparedImage | None, **fields: Any) -> Request:

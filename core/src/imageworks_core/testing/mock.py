@@ -40,7 +40,7 @@ import anyio.lowlevel
 import attrs
 
 from ..errors import BackendProtocolError, BackendTimeout, BackendUnavailable, redact_url
-from ..transport import HttpResponse, Timeouts
+from ..transport import HttpResponse, Timeouts, broke_off
 from ..websocket import Messages
 
 __all__ = ["MockRequest", "MockResponse", "MockTransport"]
@@ -80,12 +80,17 @@ class MockRequest:
 
 @attrs.frozen(slots=True)
 class MockResponse:
-    """A response to hand back: status, headers, body (a stream's lines come from the body)."""
+    """A response to hand back: status, headers, body (a stream's lines come from the body).
+
+    ``broken=True`` cuts the connection after the body: the client gets the same
+    "broke off" error as from a real server that closes mid-answer.
+    """
 
     status: int = 200
     headers: Mapping[str, str] = attrs.field(factory=dict)
     body: bytes = b""
     messages: Iterable[Any] | AsyncIterable[Any] | None = None
+    broken: bool = False
 
     @classmethod
     def websocket(cls, messages: Iterable[Any] | AsyncIterable[Any]) -> MockResponse:
@@ -112,24 +117,34 @@ class MockResponse:
 Handler = Callable[[MockRequest], "MockResponse | Awaitable[MockResponse]"]
 
 
+_CUT = ConnectionResetError("the server closed the connection")
+
+
 class _MockStream:
-    def __init__(self, resp: MockResponse) -> None:
+    def __init__(self, resp: MockResponse, url: str) -> None:
         self.status = resp.status
         self.headers: Mapping[str, str] = {k.lower(): v for k, v in resp.headers.items()}
         self._body = resp.body
+        self._broken = resp.broken
+        self._url = url
 
     async def read(self) -> bytes:
+        if self._broken:
+            raise broke_off(self._url, _CUT)
         return self._body
 
     def lines(self) -> AsyncIterator[bytes]:
-        return _Lines(self._body.splitlines())
+        return _Lines(
+            self._body.splitlines(), broke_off(self._url, _CUT, streaming=True) if self._broken else None
+        )
 
 
 class _Lines:
     """An async iterator over ready lines (no generator: nothing to leave unfinished)."""
 
-    def __init__(self, lines: list[bytes]) -> None:
+    def __init__(self, lines: list[bytes], error: Exception | None = None) -> None:
         self._lines = iter(lines)
+        self._error = error
 
     def __aiter__(self) -> _Lines:
         return self
@@ -141,6 +156,8 @@ class _Lines:
         try:
             return next(self._lines)
         except StopIteration:
+            if self._error is not None:
+                raise self._error from None
             raise StopAsyncIteration from None
 
 
@@ -190,13 +207,15 @@ class MockTransport:
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> HttpResponse:
         resp = await self._answer(method, url, headers, body, False)
+        if resp.broken:
+            raise broke_off(url, _CUT)
         return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.body)
 
     @contextlib.asynccontextmanager
     async def stream(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> AsyncIterator[_MockStream]:
-        yield _MockStream(await self._answer(method, url, headers, body, True))
+        yield _MockStream(await self._answer(method, url, headers, body, True), url)
 
     @contextlib.asynccontextmanager
     async def websocket(
