@@ -1,9 +1,10 @@
-"""The worked example plugin, installed the way a user installs a third-party backend.
+"""The worked example plugins, installed the way a user installs a third-party backend.
 
-``examples/imageworks-backend-echo`` and ``core/`` are built as wheels, installed
-with ``--no-deps --no-index`` into a fresh virtual environment, and then the
-installed ``imageworks`` command must list ``echo``, describe the sample images
-with it, and the example's own tests (the conformance suite) must pass there.
+``examples/imageworks-backend-echo``, ``examples/imageworks-backend-ollama`` and
+``core/`` are built as wheels, installed with ``--no-deps --no-index`` into a
+fresh virtual environment, and then the installed ``imageworks`` command must
+list both, describe the sample images with ``echo``, and each example's own
+tests (the conformance suite among them) must pass there.
 
 How the fresh environment gets its third-party dependencies without a network:
 ``python -m venv --system-site-packages`` would expose the *base* interpreter's
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "examples" / "imageworks-backend-echo"
+EXAMPLES = {name: REPO / "examples" / f"imageworks-backend-{name}" for name in ("echo", "ollama")}
 SAMPLES = REPO / "samples"
 
 pytestmark = pytest.mark.slow
@@ -67,19 +68,20 @@ def _is_ours(name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def echo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A fresh virtual environment with imageworks-core and imageworks-backend-echo from wheels."""
+def examples_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A fresh virtual environment with imageworks-core and the example plugins from wheels."""
     root = tmp_path_factory.mktemp("echo-plugin")
     env = _clean_env(root)
     wheels = root / "wheels"
-    for project in (REPO / "core", EXAMPLE):
+    for project in (REPO / "core", *EXAMPLES.values()):
         _run(
             [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", wheels, project],
             cwd=root,
             env=env,
         )
     built = sorted(p.name for p in wheels.glob("*.whl"))
-    assert [n.split("-")[0] for n in built] == ["imageworks_backend_echo", "imageworks_core"], built
+    expected = ["imageworks_backend_echo", "imageworks_backend_ollama", "imageworks_core"]
+    assert [n.split("-")[0] for n in built] == expected, built
 
     deps = root / "deps"
     deps.mkdir()
@@ -115,27 +117,31 @@ def echo_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "bin": venv / "bin", "python": python}
 
 
-def test_installed_backends_list_echo(echo_env: dict[str, Path]) -> None:
-    root = echo_env["root"]
-    out = _run([echo_env["bin"] / "imageworks", "backends", "--json"], cwd=root, env=_clean_env(root))
+def test_installed_backends_list_the_examples(examples_env: dict[str, Path]) -> None:
+    root = examples_env["root"]
+    out = _run([examples_env["bin"] / "imageworks", "backends", "--json"], cwd=root, env=_clean_env(root))
     rows = {r["name"]: r for r in json.loads(out)}
-    assert set(rows) == {"echo", "openai"}, "only the two installed wheels' backends may appear"
+    assert set(rows) == {"echo", "ollama", "openai"}, "only the installed wheels' backends may appear"
     echo = rows["echo"]
     assert echo["error"] is None
     assert echo["distribution"] == "imageworks-backend-echo" and echo["version"] == "0.1.0"
     assert "prefix" in echo["settings"]
     assert echo["capabilities"]["max_images"] == 4
+    ollama = rows["ollama"]
+    assert ollama["error"] is None
+    assert ollama["distribution"] == "imageworks-backend-ollama" and ollama["version"] == "0.1.0"
+    assert {"keep_alive", "num_ctx"} <= set(ollama["settings"])
 
 
-def test_describe_with_echo(echo_env: dict[str, Path]) -> None:
-    root = echo_env["root"]
+def test_describe_with_echo(examples_env: dict[str, Path]) -> None:
+    root = examples_env["root"]
     photos = root / "photos"
     shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.md", "*.xmp", "*.json"))
     images = sorted(p.name for p in photos.iterdir())
     assert images, "no sample images"
     output = root / "results.jsonl"
     argv = [
-        echo_env["bin"] / "imageworks",
+        examples_env["bin"] / "imageworks",
         "describe",
         photos,
         "--vlm-backend",
@@ -155,12 +161,17 @@ def test_describe_with_echo(echo_env: dict[str, Path]) -> None:
     assert all((photos / f"{name}.cn_metadata.json").exists() for name in images)
 
 
-def test_example_conformance_suite_passes_in_the_fresh_environment(echo_env: dict[str, Path]) -> None:
-    root = echo_env["root"]
-    copy = root / "example"
-    shutil.copytree(EXAMPLE, copy, ignore=shutil.ignore_patterns("src", "build", "dist", "__pycache__"))
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_example_conformance_suite_passes_in_the_fresh_environment(
+    examples_env: dict[str, Path], example: str
+) -> None:
+    root = examples_env["root"]
+    copy = root / f"example-{example}"
+    shutil.copytree(
+        EXAMPLES[example], copy, ignore=shutil.ignore_patterns("src", "build", "dist", "__pycache__")
+    )
     out = _run(
-        [echo_env["python"], "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        [examples_env["python"], "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=copy,
         env=_clean_env(root),
     )

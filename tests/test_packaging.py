@@ -34,6 +34,7 @@ DISTRIBUTIONS = [
     "plugins/sdwebui",
     "plugins/comfyui",
     "examples/imageworks-backend-echo",
+    "examples/imageworks-backend-ollama",
 ]
 
 

@@ -39,6 +39,7 @@ DISTRIBUTIONS = {
     "imageworks-backend-sdwebui": "plugins/sdwebui",
     "imageworks-backend-comfyui": "plugins/comfyui",
     "imageworks-backend-echo": "examples/imageworks-backend-echo",
+    "imageworks-backend-ollama": "examples/imageworks-backend-ollama",
 }
 #: What a user installs, by name (each pulls in imageworks-core).
 USER_INSTALLS = [
