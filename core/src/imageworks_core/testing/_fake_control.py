@@ -8,8 +8,8 @@ Both handles share ``ScriptControl``'s methods.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from ._fake_rules import CHAT_PATH, RequestInfo, ScriptError, State, shorten
@@ -81,8 +81,31 @@ def end(state: State, entry: dict[str, Any], client_gone: bool) -> None:
     state.in_flight -= 1
 
 
+def root_of(url: str) -> str:
+    """A server's root URL from its root or its ``/v1`` base."""
+    root = url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
 class ScriptControl:
-    """Script a fake server and read what it received (``_call`` reaches its ``control``)."""
+    """Script a fake server and read what it received (``_call`` reaches its ``control``).
+
+    Attributes:
+        base_url: The server's root URL.
+    """
+
+    base_url: str
+    _running: ClassVar[MutableMapping[str, Any]]
+
+    @property
+    def v1(self) -> str:
+        """The OpenAI API base, ``<base_url>/v1``."""
+        return self.base_url + "/v1"
+
+    @classmethod
+    def running(cls, url: str | None) -> Any:
+        """The server of this kind whose root or ``/v1`` base is *url*, if any."""
+        return cls._running.get(root_of(url)) if url else None
 
     def _call(self, method: str, action: str, payload: Any = None, query: str = "") -> Any:
         raise NotImplementedError

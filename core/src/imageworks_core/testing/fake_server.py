@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ._fake_app import CONTROL, READY_LINE, main
-from ._fake_control import ScriptControl
+from ._fake_control import ScriptControl, root_of
 from ._fake_rules import CHAT_PATH, DEFAULT_MODEL, DEFAULT_REPLY, WARMUP_PROMPT
 
 __all__ = [
@@ -209,24 +209,10 @@ class FakeOpenAIServer(ScriptControl):
     def connect(cls, base_url: str) -> FakeOpenAIServer:
         """A handle on a fake server started some other way (``python -m ... --port N``): control only."""
         handle = cls()
-        root = base_url.rstrip("/")
-        handle.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        handle.base_url = root_of(base_url)
         return handle
 
     # ------------------------------------------------------------ lifecycle
-
-    @property
-    def v1(self) -> str:
-        """The OpenAI API base, ``<base_url>/v1``."""
-        return self.base_url + "/v1"
-
-    @classmethod
-    def running(cls, url: str | None) -> FakeOpenAIServer | None:
-        """The started server whose root or ``/v1`` base is *url*, if any."""
-        if not url:
-            return None
-        url = url.rstrip("/")
-        return cls._running.get(url[: -len("/v1")] if url.endswith("/v1") else url)
 
     def command(self, port: int = 0) -> list[str]:
         """The command line that runs this server on *port* (0: a free one)."""

@@ -70,19 +70,6 @@ class MockOpenAIServer(ScriptControl):
         self.transport = MockTransport(self._answer)
         MockOpenAIServer._running[self.base_url] = self
 
-    @property
-    def v1(self) -> str:
-        """The OpenAI API base, ``<base_url>/v1``."""
-        return self.base_url + "/v1"
-
-    @classmethod
-    def running(cls, url: str | None) -> MockOpenAIServer | None:
-        """The mock server whose root or ``/v1`` base is *url*, if any."""
-        if not url:
-            return None
-        root = url.rstrip("/")
-        return cls._running.get(root[: -len("/v1")] if root.endswith("/v1") else root)
-
     def __repr__(self) -> str:
         return f"<MockOpenAIServer {self.base_url}>"
 

@@ -47,6 +47,7 @@ from imageworks_core.plugin import (
     hookimpl,
     iter_message_parts,
     iter_ndjson,
+    redact_url,
     resolve_model,
     sampling,
 )
@@ -112,7 +113,7 @@ class OllamaBackend(BackendBase):
                 async for event in iter_ndjson(resp, backend=ctx.name, url=url):
                     if "error" in event:  # a failure after the answer began (a crashed runner ...)
                         raise BackendProtocolError(
-                            f"{ctx.name} at {url} failed inside the stream: {event['error']}",
+                            f"{ctx.name} at {redact_url(url)} failed inside the stream: {event['error']}",
                             backend=ctx.name,
                             url=url,
                             retryable=True,  # a new try may succeed: nothing was said of the input
@@ -127,7 +128,7 @@ class OllamaBackend(BackendBase):
             raise
         if not done:
             raise BackendProtocolError(
-                f'{ctx.name} at {url}: the stream ended before its last object ("done": true)',
+                f'{ctx.name} at {redact_url(url)}: the stream ended before its last object ("done": true)',
                 backend=ctx.name,
                 url=url,
                 retryable=True,
