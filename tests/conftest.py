@@ -73,6 +73,7 @@ def require(condition: bool, why: str) -> None:
 # require(), a bare pytest.skip or a module-level importorskip -- fails the session.
 NOT_APPLICABLE = (
     "imageworks_core/testing/conformance.py",
+    "imageworks_core/testing/_conformance_",
     "aiohttp runs under asyncio only",
 )
 _skips: list[tuple[str, str]] = []
