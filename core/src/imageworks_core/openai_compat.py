@@ -26,10 +26,11 @@ from .errors import (
 )
 from .helpers import max_model_len, sampling
 from .hookspecs import hookimpl
-from .http import error_from_response, extract_error_message, iter_sse_data
+from .http_errors import error_from_response, extract_error_message
 from .jsonbody import encode_body
 from .models import Chunk, HealthReport, PreparedImage, Request, Result, Usage
 from .settings import split_api_base
+from .sse import iter_sse_data
 
 __all__ = ["OpenAICompatBackend", "usage_from"]
 

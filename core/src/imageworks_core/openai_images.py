@@ -162,7 +162,7 @@ async def fetch_image(ctx: BackendContext, url: str, *, timeout: float | None, w
             timeouts=Timeouts(connect=t.connect, read=timeout or t.read, idle=t.idle),
         )
     if resp.status >= 400:
-        from .http import error_from_response
+        from .http_errors import error_from_response
 
         exc = error_from_response(resp.status, resp.headers, resp.body, backend=ctx.name, url=url)
         if isinstance(exc, BackendRejected):  # an expired signed URL: asking again gives a new one

@@ -93,16 +93,16 @@ _WHERE = {
     "Usage": "models",
     "drop_fields": "helpers",
     "encode_body": "jsonbody",
-    "error_from_response": "http",
-    "extract_error_message": "http",
+    "error_from_response": "http_errors",
+    "extract_error_message": "http_errors",
     "first_time": "helpers",
     "hookimpl": "hookspecs",
     "iter_message_parts": "helpers",
     "iter_ndjson": "ndjson",
-    "iter_sse_data": "http",
+    "iter_sse_data": "sse",
     "load_metrics": "metrics",
     "max_model_len": "helpers",
-    "parse_retry_after": "http",
+    "parse_retry_after": "http_errors",
     "probe_metrics": "helpers",
     "prometheus_samples": "metrics",
     "redact_url": "errors",
@@ -155,11 +155,13 @@ if TYPE_CHECKING:
         set_fields,
     )
     from .hookspecs import hookimpl
-    from .http import HttpClient, error_from_response, extract_error_message, iter_sse_data, parse_retry_after
+    from .http import HttpClient
+    from .http_errors import error_from_response, extract_error_message, parse_retry_after
     from .jsonbody import encode_body
     from .metrics import load_metrics, prometheus_samples
     from .models import BackendInfo, Capabilities, Chunk, HealthReport, PreparedImage, Request, Result, Usage
     from .ndjson import iter_ndjson
     from .openai_compat import OpenAICompatBackend, usage_from
     from .settings import BackendSettings, Settings
+    from .sse import iter_sse_data
     from .transport import HttpResponse, StreamResponse
