@@ -16,7 +16,7 @@ from typing import Any
 
 from ._fake_answers import Plan, delay_of, plan, refusal
 from ._fake_control import begin, control, end
-from ._fake_rules import DEFAULT_MODEL, DEFAULT_REPLY, RequestInfo, State
+from ._fake_rules import DEFAULT_MODEL, DEFAULT_REPLY, RequestInfo, State, server_settings
 
 CONTROL = "/_imageworks/"
 READY_LINE = "IMAGEWORKS_FAKE_SERVER_READY"
@@ -119,14 +119,13 @@ def make_app(state: State) -> Any:
 async def _serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
-    settings = {
-        "models": [args.model],
-        "reply": args.reply,
-        "require_max_tokens": not args.no_require_max_tokens,
-        "strict": not args.lenient,
-        "echo_request_id": args.echo_request_id,
-        "max_model_len": 4096,
-    }
+    settings = server_settings(
+        model=args.model,
+        reply=args.reply,
+        require_max_tokens=not args.no_require_max_tokens,
+        strict=not args.lenient,
+        echo_request_id=args.echo_request_id,
+    )
     runner = web.AppRunner(make_app(State(settings)), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

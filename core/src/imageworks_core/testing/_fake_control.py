@@ -12,7 +12,16 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
-from ._fake_rules import CHAT_PATH, RequestInfo, ScriptError, State, shorten
+from ._fake_rules import (
+    CHAT_PATH,
+    DEFAULT_MODEL,
+    DEFAULT_REPLY,
+    RequestInfo,
+    ScriptError,
+    State,
+    server_settings,
+    shorten,
+)
 
 
 def control(state: State, method: str, action: str, payload: Any, query: str) -> tuple[int, Any]:
@@ -96,6 +105,31 @@ class ScriptControl:
 
     base_url: str
     _running: ClassVar[MutableMapping[str, Any]]
+
+    def __init__(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        reply: str = DEFAULT_REPLY,
+        require_max_tokens: bool = True,
+        strict: bool = True,
+        echo_request_id: bool = False,
+    ) -> None:
+        self.model = model
+        self.reply = reply
+        self.require_max_tokens = require_max_tokens
+        self.strict = strict
+        self.echo_request_id = echo_request_id
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the server starts with."""
+        return server_settings(
+            model=self.model,
+            reply=self.reply,
+            require_max_tokens=self.require_max_tokens,
+            strict=self.strict,
+            echo_request_id=self.echo_request_id,
+        )
 
     @property
     def v1(self) -> str:

@@ -93,6 +93,20 @@ SETTINGS = frozenset({"models", "reply", "require_max_tokens", "max_model_len", 
 _ID_IN_TEXT = re.compile(r"\b(?:request[_-]?id|req[_-]?id|item[_-]?id|item|id)\s*[=:]\s*([A-Za-z0-9_.:/\-]+)")
 
 
+def server_settings(
+    *, model: str, reply: str, require_max_tokens: bool, strict: bool, echo_request_id: bool
+) -> dict[str, Any]:
+    """A server's settings at start (``configure`` changes them until ``reset``)."""
+    return {
+        "models": [model],
+        "reply": reply,
+        "require_max_tokens": require_max_tokens,
+        "strict": strict,
+        "echo_request_id": echo_request_id,
+        "max_model_len": 4096,
+    }
+
+
 class ScriptError(ValueError):
     """A rule, an action or a setting the server cannot follow."""
 

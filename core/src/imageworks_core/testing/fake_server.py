@@ -185,21 +185,8 @@ class FakeOpenAIServer(ScriptControl):
 
     _running: ClassVar[dict[str, FakeOpenAIServer]] = {}
 
-    def __init__(
-        self,
-        *,
-        model: str = DEFAULT_MODEL,
-        reply: str = DEFAULT_REPLY,
-        require_max_tokens: bool = True,
-        strict: bool = True,
-        echo_request_id: bool = False,
-        startup_timeout: float = 30.0,
-    ) -> None:
-        self.model = model
-        self.reply = reply
-        self.require_max_tokens = require_max_tokens
-        self.strict = strict
-        self.echo_request_id = echo_request_id
+    def __init__(self, *, startup_timeout: float = 30.0, **settings: Any) -> None:
+        super().__init__(**settings)
         self.startup_timeout = startup_timeout
         self.base_url = ""
         self._proc: subprocess.Popen[bytes] | None = None

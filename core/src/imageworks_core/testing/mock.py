@@ -17,7 +17,8 @@ answers are checked without a socket::
 The handler may be a coroutine function.  It plays the network's faults by
 raising: ``ConnectionRefusedError`` (or any ``OSError``) arrives as
 ``BackendUnavailable`` and ``TimeoutError`` as ``BackendTimeout``, as the real
-transports report them.  Streams are served from the response body, split
+transports report them; a handler that has not answered within the request's
+read timeout is a ``BackendTimeout`` too.  Streams are served from the response body, split
 into lines (``MockResponse.sse`` builds one).  A WebSocket the client opens
 (``ctx.http.websocket``) is a ``GET`` request with ``websocket=True``; answer it
 with ``MockResponse.websocket(messages)``, where *messages* (``str`` or ``bytes``,
@@ -184,18 +185,22 @@ class MockTransport:
         headers: Mapping[str, str],
         body: bytes | None,
         stream: bool,
+        timeouts: Timeouts,
         websocket: bool = False,
     ) -> MockResponse:
         request = MockRequest(
             method, url, {k.lower(): v for k, v in headers.items()}, bytes(body or b""), stream, websocket
         )
         self.requests.append(request)
+        limit = timeouts.read
         try:
-            answer = self.handler(request)
-            if inspect.isawaitable(answer):
-                answer = await answer
+            with anyio.fail_after(limit):  # a handler that never answers times out as a silent server does
+                answer = self.handler(request)
+                if inspect.isawaitable(answer):
+                    answer = await answer
         except TimeoutError as exc:
-            raise BackendTimeout(f"no answer from {redact_url(url)}: {exc or 'timed out'}", url=url) from exc
+            why = str(exc) or f"nothing within {limit:g}s"
+            raise BackendTimeout(f"{method} {redact_url(url)} timed out ({why})", url=url) from exc
         except OSError as exc:
             reason = str(exc) or type(exc).__name__
             raise BackendUnavailable(f"cannot connect to {redact_url(url)}: {reason}", url=url) from exc
@@ -206,7 +211,7 @@ class MockTransport:
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> HttpResponse:
-        resp = await self._answer(method, url, headers, body, False)
+        resp = await self._answer(method, url, headers, body, False, timeouts)
         if resp.broken:
             raise broke_off(url, _CUT)
         return HttpResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.body)
@@ -215,13 +220,13 @@ class MockTransport:
     async def stream(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None, timeouts: Timeouts
     ) -> AsyncIterator[_MockStream]:
-        yield _MockStream(await self._answer(method, url, headers, body, True), url)
+        yield _MockStream(await self._answer(method, url, headers, body, True, timeouts), url)
 
     @contextlib.asynccontextmanager
     async def websocket(
         self, url: str, *, headers: Mapping[str, str], timeouts: Timeouts
     ) -> AsyncIterator[_MockWebSocket]:
-        answer = await self._answer("GET", url, headers, None, False, websocket=True)
+        answer = await self._answer("GET", url, headers, None, False, timeouts, websocket=True)
         if answer.status != 101 or answer.messages is None:
             raise BackendProtocolError(
                 f"{redact_url(url)}: the server refused the WebSocket upgrade (HTTP {answer.status})",

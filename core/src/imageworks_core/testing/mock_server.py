@@ -28,7 +28,7 @@ import anyio
 
 from ._fake_answers import Plan, delay_of, plan, refusal
 from ._fake_control import ScriptControl, begin, control, end
-from ._fake_rules import DEFAULT_MODEL, DEFAULT_REPLY, RequestInfo, State
+from ._fake_rules import RequestInfo, State
 from .mock import MockRequest, MockResponse, MockTransport
 
 __all__ = ["MockOpenAIServer"]
@@ -48,24 +48,9 @@ class MockOpenAIServer(ScriptControl):
 
     _running: ClassVar[weakref.WeakValueDictionary[str, MockOpenAIServer]] = weakref.WeakValueDictionary()
 
-    def __init__(
-        self,
-        *,
-        model: str = DEFAULT_MODEL,
-        reply: str = DEFAULT_REPLY,
-        require_max_tokens: bool = True,
-        strict: bool = True,
-        echo_request_id: bool = False,
-    ) -> None:
-        settings = {
-            "models": [model],
-            "reply": reply,
-            "require_max_tokens": require_max_tokens,
-            "strict": strict,
-            "echo_request_id": echo_request_id,
-            "max_model_len": 4096,
-        }
-        self.state = State(settings)
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.state = State(self.settings())
         self.base_url = f"http://mock-openai-{next(_numbers)}.test"
         self.transport = MockTransport(self._answer)
         MockOpenAIServer._running[self.base_url] = self
@@ -92,7 +77,8 @@ class MockOpenAIServer(ScriptControl):
                 delay = delay_of(action)
                 if delay > 0:
                     await anyio.sleep(delay)
-                answer = plan(self.state, info, action, entry["seq"], f"{url.scheme}://{url.netloc}")
+                origin = f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")
+                answer = plan(self.state, info, action, entry["seq"], origin)
             if answer.status is None and answer.end == "hang":
                 await anyio.sleep_forever()  # until the client's timeout cancels it
             response = _render(answer, entry)
