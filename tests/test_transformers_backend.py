@@ -497,7 +497,7 @@ async def test_cancelling_an_inflight_generation(tiny: Any) -> None:
 
 
 def state_is_unloaded(client: Client) -> bool:
-    return not client._contexts  # the client dropped its contexts on close
+    return not client._connections.contexts  # the client dropped its contexts on close
 
 
 @pytest.mark.anyio

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Unpack
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -28,13 +27,14 @@ from . import credentials
 from .adaptive import AdaptiveLimit
 from .client_args import ClientArgs, code_flags
 from .config import Config, load_config
+from .connections import Connections
 from .context import BackendContext
 from .errors import BackendRejected, ConfigError, ImageWorksError, PluginError, redact_url
 from .http import HttpClient
 from .models import BackendInfo, Chunk, HealthReport, PreparedImage, Request, Result
 from .plugins import BackendRegistry, installed_backend_names
 from .settings import AUTO, BackendSettings, RetrySettings, Secret, Settings, split_base_urls
-from .transport import Timeouts, Transport, open_transport
+from .transport import Timeouts, Transport
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
@@ -134,10 +134,10 @@ class Client:
     ) -> None:
         ambient: Mapping[str, str] = (os.environ if env is None else env) if trust_env else {}
         self.trust_env = trust_env
-        #: A transport object given in code (``testing.MockTransport``) serves every endpoint.
-        self._given_transport: Transport | None = None
+        given: Transport | None = None  # a transport object (testing.MockTransport) serves every endpoint
         if transport is not None and not isinstance(transport, str):
-            self._given_transport, transport = transport, None
+            given, transport = transport, None
+        self._connections = Connections(given=given, trust_env=trust_env)
         self.registry = BackendRegistry(
             strict=strict_plugins, allow=allow, deny=deny, entry_points=entry_points, env=ambient
         )
@@ -175,9 +175,6 @@ class Client:
         )
         self._env = os.environ if env is None else env  # api_key_env names a variable on purpose
         self._config: Config | None = None
-        self._contexts: dict[str, list[BackendContext]] = {}
-        self._retired: list[BackendContext] = []
-        self._pools: dict[tuple[str, str, int], Transport] = {}
         self._dispatcher: Dispatcher | None = None
         self._closed = False
 
@@ -207,7 +204,7 @@ class Client:
 
     def register(self, plugin: Any, *, name: str | None = None) -> None:
         """Register an in-process backend plugin (before the first request)."""
-        if self._contexts:
+        if self._connections.contexts:
             raise PluginError("register plugins before the client sends its first request")
         self.registry.register(plugin, name=name)
         self._config = None
@@ -260,8 +257,7 @@ class Client:
 
     def _reset(self) -> None:
         self._config = None
-        self._retired.extend(ctx for pool in self._contexts.values() for ctx in pool)
-        self._contexts.clear()
+        self._connections.retire()
         self._dispatcher = None
 
     @staticmethod
@@ -300,7 +296,7 @@ class Client:
 
     def contexts(self, name: str) -> list[BackendContext]:
         """One context per endpoint of backend *name* (``base_url`` may list several: a pool)."""
-        pool = self._contexts.get(name)
+        pool = self._connections.contexts.get(name)
         if pool is not None:
             return pool
         if self._closed:
@@ -308,12 +304,11 @@ class Client:
         loaded = self.registry.get(name)
         bs = self.settings.backend_settings(name)
         urls = split_base_urls(bs.base_url or loaded.info.default_base_url)
-        concurrency = self.concurrency(name)
         pool = []
         for url in urls:
             base_url, query, headers = self._endpoint(name, url)
             http = HttpClient(
-                self._pool(base_url, concurrency),
+                self._connections.pool(base_url, kind=self.settings.transport, size=self._pool_size),
                 backend=name,
                 base_url=base_url,
                 headers=headers,
@@ -330,7 +325,7 @@ class Client:
             )
             http.hint = ctx.hint
             pool.append(ctx)
-        self._contexts[name] = pool
+        self._connections.contexts[name] = pool
         return pool
 
     def hook(self, name: str, hook: str) -> Any:
@@ -385,18 +380,9 @@ class Client:
         key = f"backends.{name}.base_url"
         return credentials.split_endpoint(name, url, headers, source=self.config.sources.get(key))
 
-    def _pool(self, base_url: str, concurrency: int) -> Transport:
-        parts = urlsplit(base_url)
-        key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        pool = self._pools.get(key)
-        if pool is None and self._given_transport is not None:
-            pool = self._pools[key] = self._given_transport
-        if pool is None:
-            size = max(concurrency, *(self.concurrency(n) for n in self.registry.backends), 1) + 4
-            pool = self._pools[key] = open_transport(
-                self.settings.transport, max_connections=size, trust_env=self.trust_env
-            )
-        return pool
+    def _pool_size(self) -> int:
+        """Connections per server: room for the busiest backend's requests, and probes beside them."""
+        return max([1, *(self.concurrency(n) for n in self.registry.backends)]) + 4
 
     # ------------------------------------------------------------ calls
 
@@ -527,20 +513,8 @@ class Client:
 
     async def aclose(self) -> None:
         """Close every backend context and connection pool."""
-        import anyio
-
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            for ctx in [*self._retired, *(c for pool in self._contexts.values() for c in pool)]:
-                try:
-                    await ctx.aclose()
-                except Exception:
-                    log.exception("closing backend %s failed", ctx.name)
-            for pool in {id(p): p for p in self._pools.values()}.values():  # a given one is shared
-                await pool.aclose()
-        self._contexts.clear()
-        self._retired.clear()
-        self._pools.clear()
+        await self._connections.aclose()
         if self._dispatcher is not None:  # its endpoints hold the closed contexts
             self._dispatcher.runner.forget_endpoints()
 
