@@ -39,17 +39,15 @@ from imageworks_core.plugin import (
     sampling,
 )
 
-from ._engine import (
-    Engine,
-    Generation,
-    StopTrimmer,
+from ._engine import Engine, Generation, StopTrimmer
+from ._locate import ModelLocation, locate, model_ref
+from ._runtime import (
     closing_error,
     heavy_modules_loaded,
     loaded_versions,
     not_available_error,
     process_rss_bytes,
 )
-from ._locate import ModelLocation, locate, model_ref
 from ._settings import DEFAULT_MODEL, TransformersSettings
 
 __all__ = ["TransformersBackend"]

@@ -2,16 +2,14 @@
 
 Everything here is synchronous and runs in worker threads; torch and
 transformers are imported inside the functions, never at module import.
+``_messages`` builds the chat messages, ``_runtime`` resolves the device and
+dtype and says why a model cannot be loaded.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import gc
-import io
-import os
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,86 +18,32 @@ from typing import Any
 import attrs
 
 from imageworks_core import (
-    BackendDown,
     BackendOverloaded,
     BackendProtocolError,
     BackendRejected,
     ConfigError,
     ImageWorksError,
-    InputError,
-    PreparedImage,
     Request,
     Usage,
 )
 
 from ._locate import ModelLocation, hub_cache_dir
+from ._messages import hf_messages
+from ._runtime import (
+    auto_model_class,
+    closing_error,
+    dtype_kwarg,
+    first_line,
+    model_hint,
+    not_available_error,
+    probe_hub,
+    resolve_device,
+    resolve_dtype,
+    unavailable,
+)
 from ._settings import DEFAULT_MODEL, TransformersSettings
 
-__all__ = [
-    "Engine",
-    "Generation",
-    "Prepared",
-    "StopTrimmer",
-    "closing_error",
-    "cut_at_stop",
-    "probe_hub",
-    "process_rss_bytes",
-]
-
-_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def process_rss_bytes() -> int | None:
-    """Resident memory of this process now (``None`` where it cannot be read)."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        pass
-    try:
-        import psutil  # optional
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return None
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the first stop string (excluded), and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-class StopTrimmer:
-    """Hold back streamed text that may be the start of a stop string; cut at a full one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.hit = False
-        self._held = ""
-
-    def feed(self, piece: str) -> str:
-        if self.hit:
-            return ""
-        if not self.stops:
-            return piece
-        buf = self._held + piece
-        text, self.hit = cut_at_stop(buf, self.stops)
-        if self.hit:
-            self._held = ""
-            return text
-        keep = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(buf)), 0, -1):
-                if buf.endswith(s[:n]):
-                    keep = max(keep, n)
-                    break
-        self._held = buf[len(buf) - keep :] if keep else ""
-        return buf[: len(buf) - keep]
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return "" if self.hit else held
+__all__ = ["Engine", "Generation", "Prepared", "StopTrimmer", "cut_at_stop"]
 
 
 @attrs.frozen(slots=True)
@@ -138,35 +82,6 @@ class Generation:
     finish_reason: str
     usage: Usage
     stopped: bool = False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
-
-
-def _model_hint(ref: str) -> str:
-    return (
-        "point the backend at a local model folder: --vlm-model /path/to/folder, or "
-        f'backends.transformers.model = "/path/to/folder" in [tool.imageworks]; or download it first '
-        f"where the hub is reachable: hf download {ref}"
-    )
-
-
-def not_available_error(backend: str, location: ModelLocation) -> ImageWorksError:
-    """The error for a model that cannot be loaded from disk and may not be downloaded."""
-    if location.kind == "missing":
-        return ConfigError(
-            f"{backend}: cannot use model {location.ref!r}: {location.why}",
-            key=f"backends.{backend}.model",
-            hint=_model_hint(DEFAULT_MODEL if location.ref.startswith((".", "/", "~")) else location.ref),
-        )
-    return BackendDown(  # final: nothing changes on a retry
-        f"{backend}: model {location.ref!r} is {location.why}, and downloads are off "
-        "(HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE / local_files_only)",
-        backend=backend,
-        hint=_model_hint(location.ref),
-    )
 
 
 class Engine:
@@ -214,13 +129,13 @@ class Engine:
             import torch
             import transformers
         except ImportError as exc:
-            raise _unavailable(
+            raise unavailable(
                 f"{backend}: cannot import torch/transformers: {exc}",
                 backend,
                 "pip install imageworks-backend-transformers (it depends on transformers and torch)",
             ) from exc
-        device = _resolve_device(backend, settings.device, torch)
-        dtype_name = _resolve_dtype(settings.dtype, device, torch)
+        device = resolve_device(backend, settings.device, torch)
+        dtype_name = resolve_dtype(settings.dtype, device, torch)
         dtype = getattr(torch, dtype_name)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -235,34 +150,34 @@ class Engine:
             probe_hub(backend, location.ref)
         ref = location.ref
         try:
-            auto_model = _auto_model_class(transformers)
+            auto_model = auto_model_class(transformers)
             processor = transformers.AutoProcessor.from_pretrained(
                 source, **common, **dict(settings.processor_kwargs)
             )
-            model = auto_model.from_pretrained(source, **common, **_dtype_kwarg(transformers, dtype))
+            model = auto_model.from_pretrained(source, **common, **dtype_kwarg(transformers, dtype))
             model = model.to(device).eval()
         except ImageWorksError:
             raise
         except ImportError as exc:
-            raise _unavailable(
-                f"{backend}: loading {ref!r} needs a package that is not installed: {_first_line(exc)}",
+            raise unavailable(
+                f"{backend}: loading {ref!r} needs a package that is not installed: {first_line(exc)}",
                 backend,
                 "install the package named above into this environment",
             ) from exc
         except OSError as exc:  # hub / file errors: not found, no network, gated, not cached
-            raise _unavailable(
-                f"{backend}: cannot load model {ref!r}: {_first_line(exc)}", backend, _model_hint(ref)
+            raise unavailable(
+                f"{backend}: cannot load model {ref!r}: {first_line(exc)}", backend, model_hint(ref)
             ) from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"{backend}: {ref!r} is not a vision-language model transformers "
-                f"{transformers.__version__} can run: {_first_line(exc)}",
+                f"{transformers.__version__} can run: {first_line(exc)}",
                 key=f"backends.{backend}.model",
                 hint=f"choose an image-text-to-text model (e.g. {DEFAULT_MODEL}), or upgrade transformers",
             ) from exc
         except RuntimeError as exc:  # out of memory, CUDA errors
-            raise _unavailable(
-                f"{backend}: loading {ref!r} on {device} ({dtype_name}) failed: {_first_line(exc)}",
+            raise unavailable(
+                f"{backend}: loading {ref!r} on {device} ({dtype_name}) failed: {first_line(exc)}",
                 backend,
                 'free memory, choose a smaller model, dtype = "bfloat16", or device = "cpu"',
             ) from exc
@@ -314,12 +229,12 @@ class Engine:
         """Chat template + processor: the request as tensors on the model's device."""
         if self.processor is None:
             raise closing_error(backend)
-        messages, images = _hf_messages(request)
+        messages, images = hf_messages(request)
         try:
             prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except ValueError as exc:  # no chat template
             raise ConfigError(
-                f"{backend}: model {self.ref!r} cannot format a chat prompt: {_first_line(exc)}",
+                f"{backend}: model {self.ref!r} cannot format a chat prompt: {first_line(exc)}",
                 key=f"backends.{backend}.model",
                 hint="use an instruction-tuned (chat) vision-language model",
             ) from exc
@@ -328,7 +243,7 @@ class Engine:
         except (ValueError, TypeError, IndexError) as exc:
             raise BackendRejected(
                 f"{backend}: model {self.ref!r} cannot take this request "
-                f"({len(images)} image(s)): {_first_line(exc)}",
+                f"({len(images)} image(s)): {first_line(exc)}",
                 backend=backend,
                 hint="send fewer images, or a shorter prompt",
             ) from exc
@@ -398,19 +313,19 @@ class Engine:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             raise BackendOverloaded(
-                f"{backend}: out of memory generating with {self.ref!r} on {self.device}: {_first_line(exc)}",
+                f"{backend}: out of memory generating with {self.ref!r} on {self.device}: {first_line(exc)}",
                 backend=backend,
                 hint="lower max_tokens or max_pixels, use a smaller dtype or model",
             ) from exc
         except (ValueError, TypeError) as exc:
             raise BackendRejected(
-                f"{backend}: generate() rejected the request for {self.ref!r}: {_first_line(exc)}",
+                f"{backend}: generate() rejected the request for {self.ref!r}: {first_line(exc)}",
                 backend=backend,
                 hint="check Request.extra and backends.transformers.extra_body (passed to generate())",
             ) from exc
         except RuntimeError as exc:
             raise BackendProtocolError(
-                f"{backend}: generation with {self.ref!r} on {self.device} failed: {_first_line(exc)}",
+                f"{backend}: generation with {self.ref!r} on {self.device} failed: {first_line(exc)}",
                 backend=backend,
             ) from exc
         return self._finish(out, prepared, stop.is_set())
@@ -434,7 +349,42 @@ class Engine:
         return Generation(text=text, finish_reason=finish, usage=usage, stopped=stopped)
 
 
-# ------------------------------------------------------------------ helpers
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string (excluded), and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopTrimmer:
+    """Hold back streamed text that may be the start of a stop string; cut at a full one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.hit = False
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        if not self.stops:
+            return piece
+        buf = self._held + piece
+        text, self.hit = cut_at_stop(buf, self.stops)
+        if self.hit:
+            self._held = ""
+            return text
+        keep = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:n]):
+                    keep = max(keep, n)
+                    break
+        self._held = buf[len(buf) - keep :] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return "" if self.hit else held
 
 
 @functools.cache
@@ -467,85 +417,6 @@ def _streamer_class() -> type:
     return TokenStreamer
 
 
-def probe_hub(backend: str, ref: str, timeout: float = 10.0) -> None:
-    """Fail fast when the hub cannot be reached or has no such model.
-
-    Without this, huggingface_hub retries an unreachable hub with backoff for
-    minutes before transformers reports it.  Any HTTP answer but 404 counts as
-    reachable (401/403: a gated or private model, left to the hub client).
-    """
-    import httpx
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/api/models/{ref}"
-    try:
-        resp = httpx.head(url, timeout=timeout, follow_redirects=True)
-    except httpx.HTTPError as exc:
-        raise _unavailable(
-            f"{backend}: model {ref!r} is not on local disk and the Hugging Face Hub at {endpoint} "
-            f"cannot be reached to download it: {_first_line(exc)}",
-            backend,
-            _model_hint(ref),
-        ) from exc
-    if resp.status_code == 404:
-        raise ConfigError(
-            f"{backend}: the Hugging Face Hub at {endpoint} has no model {ref!r}",
-            key=f"backends.{backend}.model",
-            hint=f"check the id (e.g. {DEFAULT_MODEL}), or " + _model_hint(ref),
-        )
-
-
-def closing_error(backend: str) -> BackendDown:
-    """The client is closing and the model is gone: final for this request, no retry."""
-    return BackendDown(
-        f"{backend}: the model was unloaded (the client is closing)",
-        backend=backend,
-        hint="send requests before closing the client, or use a new client",
-    )
-
-
-def _unavailable(message: str, backend: str, hint: str) -> BackendDown:
-    # final: the same load fails the same way on an immediate retry, and waiting does not help
-    return BackendDown(message, backend=backend, hint=hint)
-
-
-def _resolve_device(backend: str, setting: str, torch: Any) -> str:
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise _unavailable(
-            f"{backend}: device {setting!r} asked for, but torch {torch.__version__} sees no CUDA GPU",
-            backend,
-            'set backends.transformers.device = "cpu" (or "auto"), or install a CUDA build of torch',
-        )
-    return setting
-
-
-def _resolve_dtype(setting: str, device: str, torch: Any) -> str:
-    if setting != "auto":
-        return _DTYPE_NAMES[setting]
-    if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
-
-
-def _auto_model_class(transformers: Any) -> Any:
-    for name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq"):
-        cls = getattr(transformers, name, None)
-        if cls is not None:
-            return cls
-    raise ImportError("this transformers has neither AutoModelForImageTextToText nor AutoModelForVision2Seq")
-
-
-def _dtype_kwarg(transformers: Any, dtype: Any) -> dict[str, Any]:
-    """``dtype=`` (transformers >= 4.56) or the older ``torch_dtype=``."""
-    try:
-        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
-    except ValueError:
-        return {"dtype": dtype}
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
@@ -554,99 +425,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
     return ids
-
-
-def _decode_image(data: bytes, source: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(
-            f"{source}: the image cannot be decoded: {_first_line(exc)}",
-            source=source,
-            hint="check the file; prepare images with imageworks_core.prepare_image",
-        ) from exc
-
-
-def _data_url_image(url: str, source: str) -> Any:
-    if not url.startswith("data:") or "," not in url:
-        raise InputError(
-            f"{source}: the in-process transformers backend takes images as data: URLs only, "
-            f"got {url[:40]!r}",
-            source=source,
-            hint="pass the image in Request.images, or as a data:<mime>;base64,... URL",
-        )
-    head, _, payload = url.partition(",")
-    try:
-        data = base64.b64decode(payload, validate=False) if head.endswith(";base64") else payload.encode()
-    except ValueError as exc:
-        raise InputError(f"{source}: invalid base64 in an image data URL", source=source) from exc
-    return _decode_image(data, source)
-
-
-def _hf_messages(request: Request) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Chat messages in the processors' format (``{"type": "image"}`` parts) and the PIL images."""
-    images: list[Any] = []
-    messages: list[dict[str, Any]] = []
-    if request.messages is None:
-        if request.system:
-            messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
-        content: list[dict[str, Any]] = []
-        for img in request.images:
-            images.append(_prepared_image(img))
-            content.append({"type": "image"})
-        content.append({"type": "text", "text": request.prompt or ""})
-        messages.append({"role": "user", "content": content})
-        return messages, images
-    for i, message in enumerate(request.messages):
-        role = str(message.get("role", "user"))
-        raw = message.get("content")
-        parts: list[dict[str, Any]] = []
-        if isinstance(raw, str):
-            parts.append({"type": "text", "text": raw})
-        elif isinstance(raw, Sequence):
-            for part in raw:
-                if not isinstance(part, Mapping):
-                    continue
-                kind = part.get("type")
-                if kind == "text":
-                    parts.append({"type": "text", "text": str(part.get("text", ""))})
-                elif kind in ("image_url", "image"):
-                    url = part.get("image_url", part.get("image"))
-                    if isinstance(url, Mapping):
-                        url = url.get("url")
-                    if not isinstance(url, str):
-                        raise InputError(
-                            f"messages[{i}]: an image part without a URL", source=f"messages[{i}]"
-                        )
-                    images.append(_data_url_image(url, f"messages[{i}]"))
-                    parts.append({"type": "image"})
-        messages.append({"role": role, "content": parts})
-    for img in request.images:  # images given beside full messages join the last user turn
-        images.append(_prepared_image(img))
-        if messages:
-            messages[-1]["content"].insert(0, {"type": "image"})
-    return messages, images
-
-
-def _prepared_image(img: PreparedImage) -> Any:
-    return _decode_image(img.data, img.source)
-
-
-def loaded_versions() -> str:
-    """``transformers X, torch Y`` from the installed metadata (no import)."""
-    import importlib.metadata as md
-
-    parts = []
-    for dist in ("transformers", "torch"):
-        try:
-            parts.append(f"{dist} {md.version(dist)}")
-        except md.PackageNotFoundError:
-            parts.append(f"{dist} not installed")
-    return ", ".join(parts)
-
-
-def heavy_modules_loaded() -> bool:
-    return "torch" in sys.modules and "transformers" in sys.modules
