@@ -74,6 +74,16 @@ def model_url(ctx: BackendContext, model: str, tail: str = "") -> str:
     return f"{root(ctx)}/v2/models/{quote(model, safe='')}{tail}"
 
 
+def _optional_json(resp: HttpResponse) -> Any:
+    """The JSON of a 200 answer to a question the server need not answer; ``None`` otherwise."""
+    if resp.status != 200:
+        return None
+    try:
+        return json.loads(resp.body)
+    except ValueError:
+        return None
+
+
 def decode_json(ctx: BackendContext, resp: HttpResponse, url: str) -> Any:
     try:
         return json.loads(resp.body)
@@ -97,13 +107,9 @@ async def server_metadata(ctx: BackendContext) -> Mapping[str, Any]:
     if meta is None:
         resp = await ctx.http.request("GET", f"{root(ctx)}/v2", timeout=_HEALTH_TIMEOUT)
         meta = {}
-        if resp.status == 200:
-            try:
-                obj = json.loads(resp.body)
-            except ValueError:
-                obj = None
-            if isinstance(obj, Mapping):
-                meta = dict(obj)
+        obj = _optional_json(resp)
+        if isinstance(obj, Mapping):
+            meta = dict(obj)
         ctx.state["triton_server"] = meta
         if "triton_generate" not in ctx.state:
             ctx.state["triton_generate"] = _generate_from_extensions(meta)
@@ -133,17 +139,13 @@ async def resolve_model(ctx: BackendContext, request: Request) -> tuple[str, boo
     url = f"{root(ctx)}/v2/repository/index"
     resp = await ctx.http.request("POST", url, body=b"{}", timeout=_HEALTH_TIMEOUT)
     names: list[str] = []
-    if resp.status == 200:
-        try:
-            entries = json.loads(resp.body)
-        except ValueError:
-            entries = None
-        if isinstance(entries, list):
-            names = [
-                str(e["name"])
-                for e in entries
-                if isinstance(e, Mapping) and e.get("name") and e.get("state", "READY") == "READY"
-            ]
+    entries = _optional_json(resp)
+    if isinstance(entries, list):
+        names = [
+            str(e["name"])
+            for e in entries
+            if isinstance(e, Mapping) and e.get("name") and e.get("state", "READY") == "READY"
+        ]
     names = list(dict.fromkeys(names))
     if DEFAULT_MODEL in names or not names:
         choice = (DEFAULT_MODEL, not names)
@@ -188,12 +190,8 @@ async def discover(ctx: BackendContext, model: str, *, defaulted: bool = False) 
             )
         config: Mapping[str, Any] | None = None
         conf = await ctx.http.request("GET", url + "/config")
-        if conf.status == 200:  # optional: other KServe v2 servers have no /config
-            try:
-                obj = json.loads(conf.body)
-            except ValueError:
-                obj = None
-            config = obj if isinstance(obj, Mapping) else None
+        obj = _optional_json(conf)  # optional: other KServe v2 servers have no /config
+        config = obj if isinstance(obj, Mapping) else None
         info = model_info_from(model, metadata, config)
         cache[model] = info
         ctx.log.debug("%s: model %s: %s", ctx.name, model, info)
