@@ -107,7 +107,9 @@ class Dispatcher:
         self, names: Iterable[str] | None = None, *, on_event: OnEvent | None = None, warmup: bool = False
     ) -> list[HealthReport]:
         """Health-check the backends (concurrently) before a batch; see ``preflight.preflight``."""
-        return await preflight(self, names, on_event=on_event, warmup=warmup)
+        return await preflight(
+            self.backends, self.runner, self.listeners, names, on_event=on_event, warmup=warmup
+        )
 
     # ------------------------------------------------------------ fan-out
 

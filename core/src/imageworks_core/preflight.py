@@ -12,18 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 
+from .attempts import Backends, ItemRunner
 from .endpoint import Endpoint
 from .errors import BackendUnavailable, ConfigError, ImageWorksError
-from .events import OnEvent
+from .events import Listeners, OnEvent
 from .models import HealthReport
-
-if TYPE_CHECKING:
-    from .dispatch import Dispatcher
 
 __all__ = ["preflight"]
 
@@ -31,7 +28,9 @@ log = logging.getLogger("imageworks.dispatch")
 
 
 async def preflight(
-    dispatcher: Dispatcher,
+    backends: Backends,
+    runner: ItemRunner,
+    listeners: Listeners,
     names: Iterable[str] | None = None,
     *,
     on_event: OnEvent | None = None,
@@ -49,7 +48,6 @@ async def preflight(
     (``Client.warmup``), all of them concurrently; a failed warm-up counts
     as a failed health check, with the error's own message.
     """
-    backends, runner = dispatcher.backends, dispatcher.runner
     names = list(names or backends.backend_order())
     eps = [ep for name in names for ep in runner.pool(name)]
     reports: list[HealthReport | None] = [None] * len(eps)
@@ -57,7 +55,7 @@ async def preflight(
     async def check(i: int, ep: Endpoint) -> None:
         report = await backends.health_of(ep.context)
         if report.ready and warmup:
-            report = await _warm(dispatcher, report, ep)
+            report = await _warm(backends, report, ep)
         reports[i] = report
 
     async with anyio.create_task_group() as tg:
@@ -70,12 +68,12 @@ async def preflight(
     wait = backends.settings.wait_for_backend
     if not live and loading and wait > 0:
         if on_event:
-            dispatcher.listeners.add(on_event)
+            listeners.add(on_event)
         try:
-            live = await _wait_loading(dispatcher, loading)
+            live = await _wait_loading(backends, loading)
         finally:
             if on_event:
-                dispatcher.listeners.remove(on_event)
+                listeners.remove(on_event)
         ready = {r.url: r for r in live}
         pairs = [(ep, ready.get(r.url, r)) for ep, r in pairs]
         done = [r for _, r in pairs]
@@ -111,12 +109,12 @@ async def preflight(
     return done
 
 
-async def _warm(dispatcher: Dispatcher, report: HealthReport, ep: Endpoint) -> HealthReport:
+async def _warm(backends: Backends, report: HealthReport, ep: Endpoint) -> HealthReport:
     """Warm a ready backend up; a failure turns its report into a failed health check, same message."""
     name = report.backend
     start = time.monotonic()
     try:
-        await dispatcher.backends.warmup(name, context=ep.context)
+        await backends.warmup(name, context=ep.context)
     except ImageWorksError as exc:
         return attrs.evolve(
             report, ready=False, reachable=False, detail=exc.message, hint=exc.hint or report.hint
@@ -134,7 +132,7 @@ async def _warm(dispatcher: Dispatcher, report: HealthReport, ep: Endpoint) -> H
 
 
 async def _wait_loading(
-    dispatcher: Dispatcher, loading: list[tuple[Endpoint, HealthReport]]
+    backends: Backends, loading: list[tuple[Endpoint, HealthReport]]
 ) -> list[HealthReport]:
     """Probe the loading endpoints until one is ready or all gave up; the ready ones' reports."""
     for ep, r in loading:
@@ -143,7 +141,7 @@ async def _wait_loading(
     while True:
         ready = [ep for ep in eps if ep.accepting()]
         if ready:
-            return [await dispatcher.backends.health_of(ep.context) for ep in ready]
+            return [await backends.health_of(ep.context) for ep in ready]
         if all(ep.is_down() for ep in eps):
             return []
         for ep in eps:
