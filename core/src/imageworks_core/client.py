@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -45,8 +44,6 @@ __all__ = ["WARMUP_PROMPT", "Client", "ClientArgs"]
 
 #: The text of the one-token request that warms a backend without a ``warmup`` hook up.
 WARMUP_PROMPT = "Reply with OK. (imageworks warm-up)"
-
-log = logging.getLogger("imageworks.client")
 
 
 class Client:

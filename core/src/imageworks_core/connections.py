@@ -41,7 +41,10 @@ class Connections:
         key = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
         pool = self._pools.get(key)
         if pool is None:
-            pool = self.given or open_transport(kind, max_connections=size(), trust_env=self.trust_env)
+            if self.given is not None:
+                pool = self.given
+            else:
+                pool = open_transport(kind, max_connections=size(), trust_env=self.trust_env)
             self._pools[key] = pool
         return pool
 
