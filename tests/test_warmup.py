@@ -91,3 +91,20 @@ async def test_a_failed_warm_up_beside_a_live_backend_takes_it_out() -> None:
         assert [r.ready for r in reports] == [False, True]
         assert reports[0].detail == "bad backend answered HTTP 500: boom"
         assert c.dispatcher.state("bad") == "out"
+
+
+async def test_a_warm_up_hook_that_raises_a_bug_is_reported_as_the_plugin_s_bug() -> None:
+    """A warm-up hook raising outside the error tree fails the preflight like a health hook would."""
+
+    class Buggy(Recording):
+        @hookimpl
+        async def warmup(self, ctx: Any) -> None:
+            raise KeyError("no such cache slot")
+
+    order: list[str] = []
+    bad, good = Buggy(order, name="bad"), Recording(order, name="good")
+    async with client(bad, good) as c:
+        reports = await c.dispatcher.preflight(warmup=True)
+    assert [r.ready for r in reports] == [False, True]
+    assert reports[0].detail == "the bad plugin raised KeyError: 'no such cache slot'"
+    assert reports[0].hint == "this is a bug in the plugin; report it to its authors"

@@ -167,7 +167,7 @@ class ItemRunner(Routing):
                 if error is None:
                     if not isinstance(exc, Exception):
                         raise  # cancellation and friends
-                    error = PluginError(f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name)
+                    error = PluginError.raised_by(name, exc)
                 elif error.outage and ep.tracking and not st.poisoned(ep.url, ep, error):
                     blamed = ep.failure(error)  # before the slot is freed: no one else goes in
                 elif isinstance(error, BackendTimeout):
@@ -363,9 +363,7 @@ class ItemRunner(Routing):
                 if exc.outage and ep.tracking:
                     blamed = ep.failure(exc)
             except Exception as exc:  # a plugin bug: same error type as infer gives
-                raise PluginError(
-                    f"the {name} plugin raised {type(exc).__name__}: {exc}", plugin=name
-                ) from exc
+                raise PluginError.raised_by(name, exc) from exc
             finally:
                 ep.release()
             if blamed:

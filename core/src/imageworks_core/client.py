@@ -480,13 +480,14 @@ class Client:
                 rejected=isinstance(exc, BackendRejected),
             )
         except Exception as exc:
+            bug = PluginError.raised_by(name, exc)
             report = HealthReport(
                 backend=name,
                 url=redact_url(ctx.base_url),
                 reachable=False,
                 ready=False,
-                detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
-                hint="this is a bug in the plugin; report it to its authors",
+                detail=bug.message,
+                hint=bug.hint,
             )
         if not report.latency:
             report = attrs.evolve(report, latency=time.perf_counter() - start)

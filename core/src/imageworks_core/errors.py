@@ -135,6 +135,15 @@ class PluginError(ImageWorksError, RuntimeError):
         self.distribution = distribution
         super().__init__(message, hint=hint)
 
+    @classmethod
+    def raised_by(cls, plugin: str, exc: BaseException) -> PluginError:
+        """An exception outside the error tree, raised by plugin *plugin*'s hook: a bug in the plugin."""
+        return cls(
+            f"the {plugin} plugin raised {type(exc).__name__}: {exc}",
+            plugin=plugin,
+            hint="this is a bug in the plugin; report it to its authors",
+        )
+
 
 class BackendError(ImageWorksError, RuntimeError):
     """Anything a backend said, or failed to say.

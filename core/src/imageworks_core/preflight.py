@@ -18,7 +18,7 @@ import attrs
 
 from .attempts import Backends, ItemRunner
 from .endpoint import Endpoint
-from .errors import BackendUnavailable, ConfigError, ImageWorksError
+from .errors import BackendUnavailable, ConfigError, ImageWorksError, PluginError
 from .events import Listeners, OnEvent
 from .models import HealthReport
 
@@ -120,13 +120,8 @@ async def _warm(backends: Backends, report: HealthReport, ep: Endpoint) -> Healt
             report, ready=False, reachable=False, detail=exc.message, hint=exc.hint or report.hint
         )
     except Exception as exc:  # a plugin bug: reported like health reports one
-        return attrs.evolve(
-            report,
-            ready=False,
-            reachable=False,
-            detail=f"the {name} plugin raised {type(exc).__name__}: {exc}",
-            hint="this is a bug in the plugin; report it to its authors",
-        )
+        bug = PluginError.raised_by(name, exc)
+        return attrs.evolve(report, ready=False, reachable=False, detail=bug.message, hint=bug.hint)
     log.info("%s at %s warmed up in %.2fs", name, report.url, time.monotonic() - start)
     return report
 
